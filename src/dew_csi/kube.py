@@ -1,0 +1,685 @@
+"""The only module that talks to the Kubernetes API.
+
+Objects cross this boundary as plain JSON documents (`KubeObject`); errors as the typed exceptions
+below. Nothing outside this module imports lightkube or sees an HTTP exception, so the rest of the
+code reads like the Kubernetes API itself: resources, names, namespaces, patches.
+
+`WatchCache` is a small informer: list, then watch from the list's resourceVersion; resume from the
+last seen resourceVersion after a disconnect; relist (and synthesise the DELETED events a gap hid)
+when the server answers 410 Gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any, Final, cast
+
+import httpx2
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.config.models import Cluster, User
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.types import CascadeType, OnErrorAction, OnErrorResult, PatchType
+
+log = logging.getLogger(__name__)
+
+KubeObject = dict[str, Any]
+"""A Kubernetes object as its JSON document."""
+
+ALL_NAMESPACES: Final = ALL_NS
+
+SPC_GROUP: Final = "secrets-store.csi.x-k8s.io"
+NODE_NAME_LABEL: Final = "internal.secrets-store.csi.k8s.io/node-name"
+MANAGED_SECRET_LABEL: Final = "secrets-store.csi.k8s.io/managed"
+FIELD_MANAGER: Final = "dew-csi"
+
+
+# --------------------------------------------------------------------------- resources
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One kind of object the project reads or writes."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def describe(self, name: str, namespace: str | None = None) -> str:
+        """`kind namespace/name`, for messages."""
+        return f"{self.kind} {namespace}/{name}" if namespace else f"{self.kind} {name}"
+
+
+NAMESPACE: Final = Resource("", "v1", "Namespace", "namespaces", namespaced=False)
+NODE: Final = Resource("", "v1", "Node", "nodes", namespaced=False)
+SERVICE_ACCOUNT: Final = Resource("", "v1", "ServiceAccount", "serviceaccounts")
+SECRET: Final = Resource("", "v1", "Secret", "secrets")
+CONFIG_MAP: Final = Resource("", "v1", "ConfigMap", "configmaps")
+POD: Final = Resource("", "v1", "Pod", "pods")
+EVENT: Final = Resource("", "v1", "Event", "events")
+DEPLOYMENT: Final = Resource("apps", "v1", "Deployment", "deployments")
+REPLICA_SET: Final = Resource("apps", "v1", "ReplicaSet", "replicasets")
+CUSTOM_RESOURCE_DEFINITION: Final = Resource(
+    "apiextensions.k8s.io",
+    "v1",
+    "CustomResourceDefinition",
+    "customresourcedefinitions",
+    namespaced=False,
+)
+VALIDATING_WEBHOOK_CONFIGURATION: Final = Resource(
+    "admissionregistration.k8s.io",
+    "v1",
+    "ValidatingWebhookConfiguration",
+    "validatingwebhookconfigurations",
+    namespaced=False,
+)
+SECRET_PROVIDER_CLASS: Final = Resource(
+    SPC_GROUP, "v1", "SecretProviderClass", "secretproviderclasses"
+)
+SECRET_PROVIDER_CLASS_POD_STATUS: Final = Resource(
+    SPC_GROUP, "v1", "SecretProviderClassPodStatus", "secretproviderclasspodstatuses"
+)
+
+# lightkube's generic classes are made at run time; its overloads cannot type them, so they
+# are `Any` at this one boundary.
+_RESOURCE_CLASSES: dict[Resource, Any] = {}
+
+
+def _lightkube_class(resource: Resource) -> Any:
+    """The lightkube generic class for a resource (dict-backed; no generated models needed)."""
+    cls = _RESOURCE_CLASSES.get(resource)
+    if cls is None:
+        factory = create_namespaced_resource if resource.namespaced else create_global_resource
+        cls = factory(resource.group, resource.version, resource.kind, resource.plural)
+        _RESOURCE_CLASSES[resource] = cls
+    return cls
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class KubeError(Exception):
+    """The API server refused a request; `code` and `reason` are the Status fields."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+class NotFound(KubeError):
+    pass
+
+
+class AlreadyExists(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    """A write carried a stale resourceVersion: read again and retry."""
+
+
+class Gone(KubeError):
+    """A watch or list asked for a resourceVersion the server no longer has (410)."""
+
+
+class KubeUnavailable(KubeError):
+    """The API server could not be reached or timed out."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "Unavailable", message)
+
+
+def _translate(error: ApiError) -> KubeError:
+    status = error.status
+    code = int(status.code or 0)
+    reason = str(status.reason or "")
+    message = str(status.message or error)
+    if code == 404:
+        return NotFound(code, reason, message)
+    if code == 409 and reason == "AlreadyExists":
+        return AlreadyExists(code, reason, message)
+    if code == 409:
+        return Conflict(code, reason, message)
+    if code == 410:
+        return Gone(code, reason, message)
+    return KubeError(code, reason, message)
+
+
+@contextlib.contextmanager
+def _api_errors() -> Iterator[None]:
+    """Turn lightkube and transport exceptions into this module's errors."""
+    try:
+        yield
+    except ApiError as error:
+        raise _translate(error) from None
+    except (httpx2.TransportError, OSError) as error:
+        raise KubeUnavailable(f"Kubernetes API unreachable: {error}") from None
+
+
+def _to_json(obj: Any) -> KubeObject:
+    """lightkube generic objects are dicts already; normalise to plain dicts."""
+    if hasattr(obj, "to_dict"):
+        return cast(KubeObject, obj.to_dict())
+    return dict(obj)
+
+
+# --------------------------------------------------------------------------- client
+
+
+class PatchKind(Enum):
+    MERGE = PatchType.MERGE
+    JSON = PatchType.JSON
+    STRATEGIC = PatchType.STRATEGIC
+
+
+class Kube:
+    """Async access to the Kubernetes API with plain JSON objects."""
+
+    def __init__(self, config: KubeConfig, *, timeout: float = 10.0) -> None:
+        self._client = AsyncClient(
+            config, timeout=httpx2.Timeout(timeout), field_manager=FIELD_MANAGER, trust_env=False
+        )
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path, **kwargs: Any) -> Kube:
+        return cls(KubeConfig.from_file(path), **kwargs)
+
+    @classmethod
+    def in_cluster(cls, service_account_dir: str | Path | None = None, **kwargs: Any) -> Kube:
+        if service_account_dir is None:
+            return cls(KubeConfig.from_service_account(), **kwargs)
+        return cls(KubeConfig.from_service_account(service_account_dir), **kwargs)
+
+    @classmethod
+    def from_url(cls, url: str, *, token: str | None = None, **kwargs: Any) -> Kube:
+        config = KubeConfig.from_one(
+            cluster=Cluster(server=url), user=User(token=token), namespace="default"
+        )
+        return cls(config, **kwargs)
+
+    @classmethod
+    def from_options(cls, kubeconfig: str | Path | None = None, **kwargs: Any) -> Kube:
+        """The kubeconfig when one is given, else in-cluster config, else $KUBECONFIG/~/.kube."""
+        if kubeconfig:
+            return cls.from_kubeconfig(kubeconfig, **kwargs)
+        return cls(KubeConfig.from_env(), **kwargs)
+
+    @property
+    def config(self) -> SingleConfig:
+        return self._client.config
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- reads
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> KubeObject:
+        """The object; `NotFound` when there is none."""
+        with _api_errors():
+            obj = await self._client.get(
+                _lightkube_class(resource), name, namespace=self._ns(resource, namespace)
+            )
+        return _to_json(obj)
+
+    async def find(
+        self, resource: Resource, name: str, namespace: str | None = None
+    ) -> KubeObject | None:
+        """The object, or None when there is none."""
+        try:
+            return await self.get(resource, name, namespace)
+        except NotFound:
+            return None
+
+    async def list_objects(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
+    ) -> tuple[list[KubeObject], str]:
+        """All matching objects and the list's resourceVersion (to watch from)."""
+        with _api_errors():
+            listing = self._client.list(
+                _lightkube_class(resource),
+                namespace=self._ns(resource, namespace),
+                labels=dict(labels) if labels else None,
+                fields=dict(fields) if fields else None,
+            )
+            items = [_to_json(item) async for item in listing]
+            return items, listing.resourceVersion
+
+    # -- writes
+
+    async def create(self, resource: Resource, obj: Mapping[str, Any]) -> KubeObject:
+        body = self._with_type(resource, obj)
+        with _api_errors():
+            created = await self._client.create(_lightkube_class(resource).from_dict(body))
+        return _to_json(created)
+
+    async def replace(self, resource: Resource, obj: Mapping[str, Any]) -> KubeObject:
+        """PUT the whole object; `Conflict` when its resourceVersion is stale."""
+        body = self._with_type(resource, obj)
+        with _api_errors():
+            replaced = await self._client.replace(_lightkube_class(resource).from_dict(body))
+        return _to_json(replaced)
+
+    async def replace_status(self, resource: Resource, obj: Mapping[str, Any]) -> KubeObject:
+        """Write the status subresource (pods, deployments) as a merge patch of `status`."""
+        body = self._with_type(resource, obj)
+        metadata = body["metadata"]
+        with _api_errors():
+            replaced = await self._client.patch(
+                _lightkube_class(resource).Status,
+                metadata["name"],
+                {"status": body.get("status", {})},
+                namespace=self._ns(resource, metadata.get("namespace")),
+                patch_type=PatchType.MERGE,
+            )
+        return _to_json(replaced)
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Mapping[str, Any] | list[Any],
+        namespace: str | None = None,
+        *,
+        kind: PatchKind = PatchKind.MERGE,
+    ) -> KubeObject:
+        with _api_errors():
+            patched = await self._client.patch(
+                _lightkube_class(resource),
+                name,
+                patch if isinstance(patch, list) else dict(patch),
+                namespace=self._ns(resource, namespace),
+                patch_type=kind.value,
+            )
+        return _to_json(patched)
+
+    async def apply(
+        self, resource: Resource, obj: Mapping[str, Any], *, force: bool = True
+    ) -> KubeObject:
+        """Server-side apply: create the object or merge these fields into it."""
+        body = self._with_type(resource, obj)
+        metadata = body["metadata"]
+        with _api_errors():
+            applied = await self._client.apply(
+                _lightkube_class(resource).from_dict(body),
+                name=metadata["name"],
+                namespace=self._ns(resource, metadata.get("namespace")),
+                field_manager=FIELD_MANAGER,
+                force=force,
+            )
+        return _to_json(applied)
+
+    async def delete(
+        self,
+        resource: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        grace_period: int | None = None,
+        orphan: bool = False,
+    ) -> bool:
+        """Delete; True when something was deleted, False when it was already gone."""
+        cascade = CascadeType.ORPHAN if orphan else CascadeType.BACKGROUND
+        try:
+            with _api_errors():
+                await self._client.delete(
+                    _lightkube_class(resource),
+                    name,
+                    namespace=self._ns(resource, namespace),
+                    grace_period=grace_period,
+                    cascade=cascade,
+                )
+        except NotFound:
+            return False
+        return True
+
+    async def record_event(
+        self,
+        involved: Mapping[str, Any],
+        *,
+        reason: str,
+        message: str,
+        warning: bool = False,
+        component: str = "csi-secrets-store",
+        host: str | None = None,
+    ) -> KubeObject:
+        """Create a core/v1 Event about `involved` (which must carry kind/apiVersion/metadata)."""
+        meta = involved["metadata"]
+        namespace = meta.get("namespace") or "default"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event: KubeObject = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
+            "involvedObject": {
+                "kind": involved.get("kind"),
+                "apiVersion": involved.get("apiVersion"),
+                "name": meta["name"],
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": component, **({"host": host} if host else {})},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": component,
+        }
+        return await self.create(EVENT, event)
+
+    # -- watch
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
+        server_timeout: int | None = None,
+        on_error: Callable[[Exception, int], OnErrorResult] | None = None,
+    ) -> AsyncIterator[tuple[str, KubeObject]]:
+        """Raw watch events `(type, object)`; lightkube reconnects from the last RV it saw."""
+        stream = self._client.watch(
+            _lightkube_class(resource),
+            namespace=self._ns(resource, namespace),
+            labels=dict(labels) if labels else None,
+            fields=dict(fields) if fields else None,
+            server_timeout=server_timeout,
+            resource_version=resource_version,
+            on_error=on_error or _raise_errors,
+        )
+        with _api_errors():
+            async for event_type, obj in stream:
+                yield event_type, _to_json(obj)
+
+    # -- helpers
+
+    def _ns(self, resource: Resource, namespace: str | None) -> str | None:
+        if not resource.namespaced:
+            return None
+        return namespace or self._client.namespace
+
+    def _with_type(self, resource: Resource, obj: Mapping[str, Any]) -> KubeObject:
+        """A copy of `obj` with apiVersion, kind and (when namespaced) namespace filled in."""
+        body = dict(obj)
+        body.setdefault("apiVersion", resource.api_version)
+        body.setdefault("kind", resource.kind)
+        if "metadata" not in body:
+            raise ValueError(f"a {resource.kind} needs metadata")
+        if resource.namespaced:
+            metadata = dict(body["metadata"])
+            metadata["namespace"] = self._ns(resource, metadata.get("namespace"))
+            body["metadata"] = metadata
+        return body
+
+
+def _raise_errors(error: Exception, count: int) -> OnErrorResult:
+    return OnErrorResult(OnErrorAction.RAISE)
+
+
+def object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of an object; namespace is "" for cluster-scoped objects."""
+    metadata = obj.get("metadata", {})
+    return str(metadata.get("namespace") or ""), str(metadata["name"])
+
+
+# --------------------------------------------------------------------------- watch cache
+
+
+class EventType(StrEnum):
+    ADDED = "ADDED"
+    MODIFIED = "MODIFIED"
+    DELETED = "DELETED"
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    """A change seen by a WatchCache; `old` is the previous state (None when ADDED)."""
+
+    type: EventType
+    obj: KubeObject
+    old: KubeObject | None = None
+
+
+Handler = Callable[[CacheEvent], Awaitable[None]]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter for reconnects."""
+
+    initial: float = 0.1
+    maximum: float = 5.0
+    attempts: int = field(default=0, init=False)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2**self.attempts))
+        self.attempts += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class WatchCache:
+    """A list-then-watch cache of one resource, kept current in the background.
+
+    Handlers run in event order, one at a time, after the cache has been updated, so a handler
+    that reads the cache sees the state the event describes. A slow handler delays later events;
+    handlers that do real work should hand it to a task of their own.
+    """
+
+    def __init__(
+        self,
+        kube: Kube,
+        resource: Resource,
+        namespace: str | None = ALL_NAMESPACES,
+        *,
+        labels: Mapping[str, str] | None = None,
+        fields: Mapping[str, str] | None = None,
+        server_timeout: int = 300,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._kube = kube
+        self.resource = resource
+        self._namespace = namespace
+        self._labels = dict(labels) if labels else None
+        self._fields = dict(fields) if fields else None
+        self._server_timeout = server_timeout
+        self._backoff = backoff or Backoff()
+        self._objects: dict[tuple[str, str], KubeObject] = {}
+        self._handlers: list[Handler] = []
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.resource_version: str | None = None
+        self.relists = 0
+        """How many times the cache listed from scratch (the first list included)."""
+
+    # -- reads
+
+    def get(self, name: str, namespace: str | None = None) -> KubeObject | None:
+        return self._objects.get((namespace or "", name))
+
+    def items(self) -> list[KubeObject]:
+        return list(self._objects.values())
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    # -- lifecycle
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    async def start(self, *, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Start watching; with `wait`, return once the first list is in the cache."""
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._run(), name=f"watch-cache-{self.resource.plural}"
+            )
+        if wait:
+            await self.wait_synced(timeout)
+
+    async def wait_synced(self, timeout: float | None = 30.0) -> None:
+        waiter = asyncio.ensure_future(self._synced.wait())
+        assert self._task is not None, "start() first"
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if waiter not in done:
+            waiter.cancel()
+            if self._task in done:
+                self._task.result()  # re-raise what stopped the loop
+            raise TimeoutError(f"{self.resource.kind} cache not synced after {timeout}s")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def __aenter__(self) -> WatchCache:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- the loop
+
+    async def _run(self) -> None:
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._relist()
+                    need_list = False
+                await self._follow()
+            except Gone:
+                log.info("%s watch expired (410 Gone); listing again", self.resource.kind)
+                need_list = True
+            except (KubeUnavailable, KubeError) as error:
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "%s watch interrupted (%s); retrying in %.2fs",
+                    self.resource.kind,
+                    error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _relist(self) -> None:
+        items, version = await self._kube.list_objects(
+            self.resource, self._namespace, labels=self._labels, fields=self._fields
+        )
+        self.relists += 1
+        fresh = {object_key(item): item for item in items}
+        stale = self._objects
+        self._objects = dict(stale)
+        self.resource_version = version
+        events: list[CacheEvent] = []
+        for key, old in stale.items():
+            if key not in fresh:
+                del self._objects[key]
+                events.append(CacheEvent(EventType.DELETED, old, old))
+        for key, new in fresh.items():
+            previous = stale.get(key)
+            self._objects[key] = new
+            if previous is None:
+                events.append(CacheEvent(EventType.ADDED, new))
+            elif _resource_version(previous) != _resource_version(new):
+                events.append(CacheEvent(EventType.MODIFIED, new, previous))
+        self._backoff.reset()
+        self._synced.set()
+        for event in events:
+            await self._dispatch(event)
+
+    async def _follow(self) -> None:
+        """Watch from the cache's resourceVersion until the stream fails for good."""
+
+        def on_error(error: Exception, count: int) -> OnErrorResult:
+            # 410 goes up to _run (relist); anything else is retried here from the last RV.
+            if isinstance(error, ApiError) and error.status.code == 410:
+                return OnErrorResult(OnErrorAction.RAISE)
+            delay = self._backoff.next_delay()
+            log.warning(
+                "%s watch interrupted (%s); resuming from %s in %.2fs",
+                self.resource.kind,
+                type(error).__name__,
+                self.resource_version,
+                delay,
+            )
+            return OnErrorResult(OnErrorAction.RETRY, delay)
+
+        stream = self._kube.watch(
+            self.resource,
+            self._namespace,
+            resource_version=self.resource_version,
+            labels=self._labels,
+            fields=self._fields,
+            server_timeout=self._server_timeout,
+            on_error=on_error,
+        )
+        async for event_type, obj in stream:
+            self._backoff.reset()
+            await self._apply(event_type, obj)
+
+    async def _apply(self, event_type: str, obj: KubeObject) -> None:
+        version = _resource_version(obj)
+        if version:
+            self.resource_version = version
+        key = object_key(obj)
+        previous = self._objects.get(key)
+        if event_type == EventType.DELETED:
+            self._objects.pop(key, None)
+            await self._dispatch(CacheEvent(EventType.DELETED, obj, previous))
+        elif event_type in (EventType.ADDED, EventType.MODIFIED):
+            self._objects[key] = obj
+            kind = EventType.ADDED if previous is None else EventType.MODIFIED
+            await self._dispatch(CacheEvent(kind, obj, previous))
+
+    async def _dispatch(self, event: CacheEvent) -> None:
+        for handler in self._handlers:
+            try:
+                await handler(event)
+            except Exception:
+                # One faulty handler must not stop the cache for every other reader.
+                log.exception("%s cache handler failed", self.resource.kind)
+
+
+def _resource_version(obj: Mapping[str, Any]) -> str | None:
+    return cast(str | None, obj.get("metadata", {}).get("resourceVersion"))
