@@ -29,7 +29,7 @@ def _add_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     apiserver = sandbox_sub.add_parser(
         "apiserver",
         help="run the Kubernetes API emulator",
-        description="Serve the Kubernetes REST and watch API from memory, for the sandbox and tests.",
+        description="Serve the Kubernetes REST and watch API, for the sandbox and tests.",
     )
     apiserver.add_argument(
         "--listen",
@@ -42,6 +42,89 @@ def _add_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     _bind(apiserver, "dew_csi.sandbox.apiserver:run_from_args")
 
 
+def _add_provider(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    provider = subparsers.add_parser(
+        "provider",
+        help="run dew-provider, the Secrets Store provider for CSMS",
+        description="Serve the Secrets Store provider API (v1alpha1) on DIR/cce.sock: check the "
+        "pod's ServiceAccount whitelist, read secrets from CSMS and return them as files.",
+    )
+    provider.add_argument(
+        "--socket-dir",
+        default="/var/run/secrets-store-csi-providers",
+        help="directory for cce.sock (default /var/run/secrets-store-csi-providers)",
+    )
+    where = provider.add_mutually_exclusive_group()
+    where.add_argument("--region", help="CSMS region, e.g. cn-north-4 (https://kms.REGION...)")
+    where.add_argument("--csms-endpoint", help="CSMS endpoint URL (overrides --region)")
+    provider.add_argument("--project-id", help="project id when the credentials carry none")
+    provider.add_argument(
+        "--kubeconfig", help="kubeconfig file; in a pod the in-cluster config is used"
+    )
+    provider.add_argument(
+        "--latest-ttl",
+        default="5s",
+        help="how long a `latest` read is shared by concurrent mounts (default 5s)",
+    )
+    provider.add_argument("--metrics-addr", help="serve Prometheus metrics on HOST:PORT")
+    provider.add_argument("--log-format", choices=["text", "json"], default="text")
+    provider.add_argument(
+        "--credentials-dir",
+        help="directory with files ak, sk[, security_token, project_id] (a mounted Secret)",
+    )
+    provider.add_argument(
+        "--metadata-url",
+        default="http://169.254.169.254",
+        help="ECS metadata service for agency credentials; 'none' disables it",
+    )
+    provider.add_argument("--ca-file", help="CA bundle to verify the CSMS endpoint with")
+    provider.add_argument(
+        "--insecure-skip-tls-verify",
+        action="store_true",
+        help="do not verify the CSMS endpoint's certificate (testing only)",
+    )
+    _bind(provider, "dew_csi.provider.app:run_from_args")
+
+
+def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="run the guide's walkthrough on a fresh local sandbox",
+        description="Run the add-on guide's walkthrough step by step on a fresh local sandbox, "
+        "printing each command and its output; exit non-zero when a result differs from the guide.",
+    )
+    demo.add_argument(
+        "--no-kubectl",
+        action="store_true",
+        help="apply the guide's files through the API even when kubectl is installed",
+    )
+    _bind(demo, "dew_csi.demo:run_from_args")
+
+
+def _add_csms_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    emulator = subparsers.add_parser(
+        "csms-emulator",
+        help="run the local CSMS (DEW secrets) API emulator",
+        description="Serve the Huawei Cloud CSMS v1 API locally, checking SDK-HMAC-SHA256 "
+        "signatures, for the sandbox and tests. Runs until SIGTERM or SIGINT.",
+    )
+    emulator.add_argument(
+        "--listen",
+        default="127.0.0.1:0",
+        help="HOST:PORT to listen on; port 0 picks a free port and prints it (default 127.0.0.1:0)",
+    )
+    emulator.add_argument("--project-id", required=True, help="the project id requests must use")
+    emulator.add_argument("--ak", required=True, help="the access key requests are signed with")
+    emulator.add_argument("--sk", required=True, help="the secret key requests are signed with")
+    emulator.add_argument("--state", help="file to persist secrets to, restored on restart")
+    emulator.add_argument(
+        "--secrets",
+        help="YAML file of secret name -> list of versions (a string, or a mapping with "
+        "secret_string or secret_binary in base64), loaded at start",
+    )
+    _bind(emulator, "dew_csi.csms.emulator:run_from_args")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dew-csi",
@@ -50,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dew-csi {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_csms_emulator(subparsers)
     _add_sandbox(subparsers)
+    _add_provider(subparsers)
+    _add_demo(subparsers)
     return parser
 
 
