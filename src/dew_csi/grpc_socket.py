@@ -49,3 +49,9 @@ async def serve_on_socket(server: grpc.aio.Server, path: Path) -> None:
     # Only the node's root (kubelet, the driver) should reach these sockets.
     with contextlib.suppress(OSError):
         os.chmod(path, 0o660)
+
+
+def status_details(message: str) -> str:
+    """A status message gRPC can always send: user input may hold lone surrogates (valid in
+    JSON escapes, not in UTF-8), which would otherwise turn a clear error into UNKNOWN."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")

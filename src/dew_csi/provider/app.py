@@ -8,7 +8,6 @@ import contextlib
 import logging
 import signal
 import sys
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from prometheus_client import start_http_server
 from dew_csi import PROVIDER_NAME, kube
 from dew_csi._proto.provider.v1alpha1 import service_pb2_grpc
 from dew_csi.csms import (
+    Credentials,
     CredentialsProvider,
     CsmsClient,
     CsmsClientConfig,
@@ -53,7 +53,6 @@ class ProviderConfig:
     metadata_url: str | None = DEFAULT_METADATA_URL
     cache_max_entries: int = 1000
     cache_max_bytes: int = 64 * 1024 * 1024
-    per_volume_clients: int = 64
 
     @property
     def socket_path(self) -> Path:
@@ -61,46 +60,33 @@ class ProviderConfig:
 
 
 class CsmsAccessPool:
-    """CSMS clients: one for the provider's own credentials, and one per per-volume identity
-    (nodePublishSecretRef), least recently used closed first."""
+    """One CSMS client (one connection pool) for every volume: the provider's own credentials
+    by default, or the volume's nodePublishSecretRef credentials passed per call."""
 
     def __init__(
         self,
         config: CsmsClientConfig,
         default_credentials: CredentialsProvider,
         metrics: ProviderMetrics,
-        max_clients: int,
     ) -> None:
         self._config = config
         self._default_credentials = default_credentials
-        self._observe = metrics.observe_csms_attempt
-        self._default = CsmsClient(default_credentials, config, on_attempt=self._observe)
-        self._per_volume: OrderedDict[str, CsmsClient] = OrderedDict()
-        self._max_clients = max_clients
+        self._client = CsmsClient(
+            default_credentials, config, on_attempt=metrics.observe_csms_attempt
+        )
 
     async def access(self, secrets: Mapping[str, str] | None) -> CsmsAccess:
         if not secrets:
             credentials = await self._default_credentials.get()
-            return CsmsAccess(self._default, credentials.identity, self._project(credentials))
-        credentials = credentials_from_node_publish_secrets(secrets)
-        client = self._per_volume.get(credentials.identity)
-        if client is None:
-            client = CsmsClient(credentials, self._config, on_attempt=self._observe)
-            self._per_volume[credentials.identity] = client
-            while len(self._per_volume) > self._max_clients:
-                _, evicted = self._per_volume.popitem(last=False)
-                await evicted.aclose()
-        else:
-            self._per_volume.move_to_end(credentials.identity)
-        return CsmsAccess(client, credentials.identity, self._project(credentials))
+            return CsmsAccess(self._client, credentials.identity, self._project(credentials))
+        per_volume = credentials_from_node_publish_secrets(secrets)
+        return CsmsAccess(self._client, per_volume.identity, self._project(per_volume), per_volume)
 
-    def _project(self, credentials: Any) -> str:
-        return str(credentials.project_id or self._config.project_id or "")
+    def _project(self, credentials: Credentials) -> str:
+        return credentials.project_id or self._config.project_id or ""
 
     async def aclose(self) -> None:
-        await self._default.aclose()
-        for client in self._per_volume.values():
-            await client.aclose()
+        await self._client.aclose()
         await self._default_credentials.aclose()
 
 
@@ -127,7 +113,6 @@ class Provider:
                 project_id=config.csms.project_id,
             ),
             self.metrics,
-            config.per_volume_clients,
         )
         self.mounter = Mounter(
             service_account=self._service_account,

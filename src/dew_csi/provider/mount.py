@@ -29,6 +29,7 @@ import jmespath.exceptions
 from dew_csi import spc
 from dew_csi.csms import (
     AuthenticationFailed,
+    Credentials,
     CredentialsError,
     CsmsClient,
     CsmsError,
@@ -275,11 +276,13 @@ ServiceAccountLookup = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]
 
 @dataclass(frozen=True)
 class CsmsAccess:
-    """A client to read with, and what identifies its credentials (for cache keys)."""
+    """A client to read with, the credentials to read with (None: the client's own), and what
+    identifies them (for cache keys)."""
 
     client: CsmsClient
     identity: str
     project_id: str
+    credentials: Credentials | None = None
 
 
 ClientFactory = Callable[[Mapping[str, str] | None], Awaitable[CsmsAccess]]
@@ -375,7 +378,10 @@ class Mounter:
         )
         try:
             lookup = await self._cache.get(
-                key, lambda: access.client.get_secret_version(obj.object_name, obj.object_version)
+                key,
+                lambda: access.client.get_secret_version(
+                    obj.object_name, obj.object_version, credentials=access.credentials
+                ),
             )
         except CsmsError as error:
             raise _from_csms_error(obj, error) from None

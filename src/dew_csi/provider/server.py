@@ -9,6 +9,7 @@ import grpc
 
 from dew_csi import __version__
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
+from dew_csi.grpc_socket import status_details
 from dew_csi.provider.mount import Mounter, MountError, Status, parse_request
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,9 @@ class ProviderServicer(service_pb2_grpc.CSIDriverProviderServicer):
             )
             result = await self._mounter.mount(parsed)
         except MountError as error:
-            log.error("Mount failed: %s", error.message)
-            await context.abort(_GRPC_CODES[error.status], error.message)
+            details = status_details(error.message)
+            log.error("Mount failed: %s", details)
+            await context.abort(_GRPC_CODES[error.status], details)
         return service_pb2.MountResponse(
             object_version=[
                 service_pb2.ObjectVersion(id=file_id, version=version)
