@@ -86,6 +86,50 @@ def _add_provider(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     _bind(provider, "dew_csi.provider.app:run_from_args")
 
 
+def _add_driver(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    driver = subparsers.add_parser(
+        "driver",
+        help="run csi-secrets-store, the Secrets Store CSI node plugin",
+        description="Serve CSI Identity, Node and Controller on the kubelet plugin socket: mount "
+        "a tmpfs per pod volume, fill it from the provider, record SecretProviderClassPodStatus, "
+        "sync secretObjects, rotate, and remount when a SecretProviderClass changes.",
+    )
+    driver.add_argument(
+        "--endpoint",
+        default="unix:///var/lib/kubelet/plugins/csi-secrets-store/csi.sock",
+        help="CSI socket (default unix:///var/lib/kubelet/plugins/csi-secrets-store/csi.sock)",
+    )
+    driver.add_argument("--node-id", help="this node's name (required)")
+    driver.add_argument(
+        "--provider-dir",
+        action="append",
+        help="where provider sockets are (<dir>/<provider>.sock); repeatable; default "
+        "/etc/kubernetes/secrets-store-csi-providers then /var/run/secrets-store-csi-providers",
+    )
+    driver.add_argument(
+        "--rotation-poll-interval",
+        default="2m",
+        help="rotation_poll_interval: whole minutes with unit m, 1m to 1440m (default 2m)",
+    )
+    driver.add_argument(
+        "--mounter",
+        choices=["tmpfs", "dir"],
+        default="tmpfs",
+        help="tmpfs (needs root) or dir (plain directories, for non-root local runs)",
+    )
+    driver.add_argument(
+        "--kubeconfig", help="kubeconfig file; in a pod the in-cluster config is used"
+    )
+    driver.add_argument("--metrics-addr", help="serve Prometheus metrics on HOST:PORT")
+    driver.add_argument("--log-format", choices=["text", "json"], default="text")
+    driver.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="local sandbox mode: also accept sub-minute rotation intervals such as 5s",
+    )
+    _bind(driver, "dew_csi.driver.app:run_from_args")
+
+
 def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = subparsers.add_parser(
         "demo",
@@ -136,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_csms_emulator(subparsers)
     _add_sandbox(subparsers)
     _add_provider(subparsers)
+    _add_driver(subparsers)
     _add_demo(subparsers)
     return parser
 

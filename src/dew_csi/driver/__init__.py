@@ -1,0 +1,1 @@
+"""The csi-secrets-store driver: CSI node plugin, mounts, rotation, SPC watch, secret sync."""
