@@ -40,6 +40,170 @@ def _add_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     apiserver.add_argument("--token", help="require this bearer token on every request")
     apiserver.add_argument("--kubeconfig-out", help="write a kubeconfig for this server to FILE")
     _bind(apiserver, "dew_csi.sandbox.apiserver:run_from_args")
+    _add_sandbox_cluster(sandbox_sub)
+
+
+def _add_sandbox_cluster(
+    sandbox_sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """`sandbox up|down|cat|env|kubelet|controllers`."""
+    directory_help = "the sandbox directory (default $DEW_CSI_SANDBOX_DIR or ./sandbox)"
+
+    def add_dir(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--dir", help=directory_help)
+
+    up = sandbox_sub.add_parser(
+        "up",
+        help="start the local cluster with the add-on in DIR",
+        description="Start the API emulator, the CSMS emulator, dew-provider, the driver, the "
+        "kubelet simulator and the workload controllers as processes logging to DIR/logs; write "
+        "DIR/kubeconfig and DIR/csms.env; return when all answer.",
+    )
+    add_dir(up)
+    up.add_argument(
+        "--rotation-poll-interval",
+        default="2m",
+        help="the driver's rotation interval; sandbox values such as 5s are accepted (default 2m)",
+    )
+    up.add_argument(
+        "--mounter",
+        choices=["tmpfs", "dir"],
+        help="tmpfs in a private mount namespace (default when root with unshare), or plain "
+        "directories (the default otherwise)",
+    )
+    up.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for readiness (default 30)"
+    )
+    _bind(up, "dew_csi.sandbox.cluster:up_from_args")
+
+    down = sandbox_sub.add_parser(
+        "down",
+        help="stop the sandbox in DIR (state is kept for the next `up`)",
+        description="Stop every sandbox process (SIGTERM, then SIGKILL after --timeout) and "
+        "unmount anything left under DIR. Safe to run twice.",
+    )
+    add_dir(down)
+    down.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds before SIGKILL (default 10)"
+    )
+    down.add_argument(
+        "--purge", action="store_true", help="also remove DIR (state, credentials, logs)"
+    )
+    _bind(down, "dew_csi.sandbox.cluster:down_from_args")
+
+    cat = sandbox_sub.add_parser(
+        "cat",
+        help="print what a pod's container sees at PATH",
+        description="Print the file a pod's container sees at PATH in one of its CSI volumes; a "
+        "directory prints its names one per line, as ls does.",
+    )
+    cat.add_argument("pod")
+    cat.add_argument("path")
+    cat.add_argument("-n", "--namespace", default="default")
+    cat.add_argument("-c", "--container", help="container name (default: the first)")
+    add_dir(cat)
+    _bind(cat, "dew_csi.sandbox.cluster:cat_from_args")
+
+    env = sandbox_sub.add_parser(
+        "env",
+        help="print a pod container's environment as the kubelet resolved it",
+        description="Print NAME=value lines: the container's env and envFrom, with secretKeyRef "
+        "and configMapKeyRef resolved when the kubelet started it.",
+    )
+    env.add_argument("pod")
+    env.add_argument("-n", "--namespace", default="default")
+    env.add_argument("-c", "--container", help="container name (default: the first)")
+    add_dir(env)
+    _bind(env, "dew_csi.sandbox.cluster:env_from_args")
+
+    kubelet = sandbox_sub.add_parser(
+        "kubelet",
+        help="run the kubelet simulator alone",
+        description="Register a node, bind unscheduled pods to it, publish their inline CSI "
+        "volumes through the driver's CSI socket, resolve their environment, report them "
+        "Running, and unpublish on deletion.",
+    )
+    kubelet.add_argument("--kubeconfig", help="kubeconfig of the API server")
+    kubelet.add_argument("--node-name", default="sandbox-node")
+    kubelet.add_argument(
+        "--csi-endpoint",
+        required=True,
+        help="the CSI driver's socket, unix:///path/to/csi.sock",
+    )
+    kubelet.add_argument(
+        "--root", required=True, help="kubelet root directory (pods go in ROOT/pods)"
+    )
+    kubelet.add_argument("--backoff-initial", default="500ms", help="first retry delay")
+    kubelet.add_argument("--backoff-max", default="8s", help="longest retry delay")
+    kubelet.add_argument("--log-format", choices=["text", "json"], default="text")
+    _bind(kubelet, "dew_csi.sandbox.kubelet:run_from_args")
+
+    controllers = sandbox_sub.add_parser(
+        "controllers",
+        help="run the Deployment and ReplicaSet controllers",
+        description="Keep Deployments, their ReplicaSets and pods, and their status current.",
+    )
+    controllers.add_argument("--kubeconfig", help="kubeconfig of the API server")
+    controllers.add_argument("--resync", default="30s", help="full resync period (default 30s)")
+    controllers.add_argument("--log-format", choices=["text", "json"], default="text")
+    _bind(controllers, "dew_csi.sandbox.controllers:run_from_args")
+
+
+def _add_csms(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`csms put|get|list`; connection options go before or after the subcommand."""
+
+    def connection_options(*, repeated: bool) -> argparse.ArgumentParser:
+        # On the subcommands the options have no defaults, so they never undo a value given
+        # before the subcommand (argparse copies a subparser's defaults over the group's).
+        options = argparse.ArgumentParser(
+            add_help=False, argument_default=argparse.SUPPRESS if repeated else None
+        )
+        options.add_argument(
+            "--env-file", help="KEY=value file with CSMS_ENDPOINT and HUAWEICLOUD_SDK_* (csms.env)"
+        )
+        where = options.add_mutually_exclusive_group()
+        where.add_argument("--endpoint", help="CSMS endpoint URL (else $CSMS_ENDPOINT)")
+        where.add_argument("--region", help="Huawei Cloud region, e.g. cn-north-4")
+        options.add_argument("--project-id", help="project id (else $HUAWEICLOUD_SDK_PROJECT_ID)")
+        options.add_argument("--ca-file", help="CA bundle to verify the endpoint with")
+        options.add_argument("--insecure-skip-tls-verify", action="store_true", help="testing only")
+        return options
+
+    connection = connection_options(repeated=False)
+    repeated = connection_options(repeated=True)
+
+    csms = subparsers.add_parser(
+        "csms",
+        parents=[connection],
+        help="put, get and list secrets in CSMS (or the sandbox's emulator)",
+        description="Manage secrets in a CSMS endpoint. Credentials come from the env file or "
+        "the HUAWEICLOUD_SDK_AK/SK environment variables.",
+    )
+    csms_sub = csms.add_subparsers(dest="csms_command", required=True)
+
+    put = csms_sub.add_parser(
+        "put",
+        parents=[repeated],
+        help="store a new version (creating the secret if needed); prints its id",
+    )
+    put.add_argument("name")
+    put.add_argument("value", nargs="?", help="the value, or - to read stdin")
+    put.add_argument("--file", help="read the value from FILE")
+    put.add_argument(
+        "--binary", action="store_true", help="store as secret_binary even when it is UTF-8"
+    )
+    _bind(put, "dew_csi.csms.cli:put_from_args")
+
+    get = csms_sub.add_parser("get", parents=[repeated], help="print a secret's value")
+    get.add_argument("name")
+    get.add_argument("--version", default="latest", help="v1, v2, ... or latest (default)")
+    _bind(get, "dew_csi.csms.cli:get_from_args")
+
+    listing = csms_sub.add_parser(
+        "list", parents=[repeated], help="list secret names, or a secret's versions"
+    )
+    listing.add_argument("--versions", metavar="NAME", help="list NAME's versions and stages")
+    _bind(listing, "dew_csi.csms.cli:list_from_args")
 
 
 def _add_provider(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -178,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dew-csi {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_csms_emulator(subparsers)
+    _add_csms(subparsers)
     _add_sandbox(subparsers)
     _add_provider(subparsers)
     _add_driver(subparsers)

@@ -61,16 +61,19 @@ class Driver:
         self.metrics = DriverMetrics()
         self._kube = kube.Kube.from_options(config.kubeconfig)
         self._providers = ProviderClients(config.provider_dirs)
+        # One SPC watch serves both change detection and every remount's read of its SPC.
+        spc_cache = kube.WatchCache(self._kube, kube.SECRET_PROVIDER_CLASS)
         self.volumes = VolumeManager(
             client=self._kube,
             node_id=config.node_id,
             providers=self._providers,
             mounter=make_mounter(config.mounter),
             metrics=self.metrics,
+            spc_cache=spc_cache,
             provider_timeout=config.provider_timeout,
         )
         self.reconciler = RotationReconciler(self.volumes, config.rotation_interval)
-        self.spc_watcher = SpcChangeWatcher(self._kube, self.volumes)
+        self.spc_watcher = SpcChangeWatcher(spc_cache, self.volumes)
         self._server: grpc.aio.Server | None = None
         self._rotation_task: asyncio.Task[None] | None = None
 

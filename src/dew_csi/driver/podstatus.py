@@ -51,18 +51,25 @@ def recorded_versions(pod_status: Mapping[str, Any]) -> dict[str, str]:
     return {str(o.get("id")): str(o.get("version")) for o in objects if isinstance(o, Mapping)}
 
 
-async def upsert_pod_status(client: Kube, desired: KubeObject) -> KubeObject:
+async def upsert_pod_status(
+    client: Kube, desired: KubeObject, *, known: KubeObject | None = None
+) -> KubeObject:
     """Create the SPCPS, or overwrite its node label, owner and status (a pod that moved nodes
-    keeps its name), retrying on write conflicts."""
-    try:
-        return await client.create(SECRET_PROVIDER_CLASS_POD_STATUS, desired)
-    except kube.AlreadyExists:
-        pass
+    keeps its name), retrying on write conflicts. `known` is the object as last written, which
+    saves a read when nobody else changed it."""
+    if known is None:
+        try:
+            return await client.create(SECRET_PROVIDER_CLASS_POD_STATUS, desired)
+        except kube.AlreadyExists:
+            pass
     metadata = desired["metadata"]
     for attempt in range(CONFLICT_RETRIES):
-        current = await client.get(
-            SECRET_PROVIDER_CLASS_POD_STATUS, metadata["name"], metadata["namespace"]
-        )
+        if known is not None:
+            current, known = known, None
+        else:
+            current = await client.get(
+                SECRET_PROVIDER_CLASS_POD_STATUS, metadata["name"], metadata["namespace"]
+            )
         same = (
             current.get("status") == desired["status"]
             and current["metadata"].get("labels", {}).get(NODE_NAME_LABEL)
@@ -83,4 +90,6 @@ async def upsert_pod_status(client: Kube, desired: KubeObject) -> KubeObject:
         except kube.Conflict:
             if attempt == CONFLICT_RETRIES - 1:
                 raise
+        except kube.NotFound:  # deleted since we last wrote it: create it again
+            return await client.create(SECRET_PROVIDER_CLASS_POD_STATUS, desired)
     raise AssertionError("unreachable")

@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class SpcChangeWatcher:
-    def __init__(self, client: kube.Kube, volumes: VolumeManager) -> None:
+    def __init__(self, cache: kube.WatchCache, volumes: VolumeManager) -> None:
         self._volumes = volumes
-        self.cache = kube.WatchCache(client, kube.SECRET_PROVIDER_CLASS)
+        self.cache = cache
         self.cache.add_handler(self._on_event)
         self._running: dict[Path, asyncio.Task[None]] = {}
         self._again: set[Path] = set()

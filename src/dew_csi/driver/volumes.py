@@ -108,6 +108,8 @@ class MountedVolume:
     secrets: dict[str, str] | None
     versions: dict[str, str] = field(default_factory=dict)
     spc_fingerprint: str = ""
+    pod_status: KubeObject | None = field(default=None, repr=False)
+    """The SPCPS as last written: its uid owns the synced Secrets."""
 
     @property
     def pod_reference(self) -> KubeObject:
@@ -143,9 +145,11 @@ class VolumeManager:
         providers: ProviderClients,
         mounter: Mounter,
         metrics: DriverMetrics,
+        spc_cache: kube.WatchCache | None = None,
         provider_timeout: float = 60.0,
     ) -> None:
         self._kube = client
+        self._spc_cache = spc_cache
         self.node_id = node_id
         self._providers = providers
         self._mounter = mounter
@@ -213,8 +217,8 @@ class VolumeManager:
                 versions=dict(result.versions),
                 spc_fingerprint=spc_fingerprint(spc_object),
             )
-            pod_status = await self._record_status(volume)
-            await self._sync_secrets(volume, spc_object, result, pod_status)
+            await self._record_status(volume)
+            await self._sync_secrets(volume, spc_object, result)
         except BaseException:
             if mounted_here:
                 # Leave nothing behind: kubelet retries the whole publish.
@@ -252,16 +256,13 @@ class VolumeManager:
             versions_changed = result.versions != volume.versions
             fingerprint = spc_fingerprint(spc_object)
             spc_changed = fingerprint != volume.spc_fingerprint
-            pod_status: KubeObject | None = None
-            if versions_changed or spc_changed:
+            if versions_changed or spc_changed or volume.pod_status is None:
                 volume.versions = dict(result.versions)
-                pod_status = await self._record_status(volume)
+                await self._record_status(volume)
             volume.spc_fingerprint = fingerprint
             secrets_changed: tuple[str, ...] = ()
             if files_changed or spc_changed:
-                if pod_status is None:
-                    pod_status = await self._record_status(volume)
-                secrets_changed = await self._sync_secrets(volume, spc_object, result, pod_status)
+                secrets_changed = await self._sync_secrets(volume, spc_object, result)
             outcome = RemountOutcome(files_changed, versions_changed, secrets_changed)
             await self._report_remount(volume, outcome, trigger, time.perf_counter() - started)
             self._metrics.rotation_done(provider, rotated=files_changed or versions_changed)
@@ -411,7 +412,11 @@ class VolumeManager:
                 "the volume has no secretProviderClass attribute: set "
                 "volumeAttributes.secretProviderClass on the pod's CSI volume",
             )
-        spc_object = await self._kube.find(kube.SECRET_PROVIDER_CLASS, name, namespace)
+        spc_object = None
+        if self._spc_cache is not None and self._spc_cache.synced:
+            spc_object = self._spc_cache.get(name, namespace)
+        if spc_object is None:  # not watched yet, or created a moment ago
+            spc_object = await self._kube.find(kube.SECRET_PROVIDER_CLASS, name, namespace)
         if spc_object is None:
             raise PublishError(
                 "NOT_FOUND",
@@ -452,7 +457,7 @@ class VolumeManager:
         except (PayloadError, WriteError) as error:
             raise PublishError("INTERNAL", "FileWriteError", str(error)) from None
 
-    async def _record_status(self, volume: MountedVolume) -> KubeObject:
+    async def _record_status(self, volume: MountedVolume) -> None:
         desired = podstatus.build_pod_status(
             pod_name=volume.pod_name,
             namespace=volume.namespace,
@@ -462,14 +467,15 @@ class VolumeManager:
             target_path=str(volume.target_path),
             versions=volume.versions,
         )
-        return await podstatus.upsert_pod_status(self._kube, desired)
+        volume.pod_status = await podstatus.upsert_pod_status(
+            self._kube, desired, known=volume.pod_status
+        )
 
     async def _sync_secrets(
         self,
         volume: MountedVolume,
         spc_object: KubeObject,
         result: ProviderResult,
-        pod_status: KubeObject,
     ) -> tuple[str, ...]:
         if not spc_object.get("spec", {}).get("secretObjects"):
             return ()
@@ -478,7 +484,10 @@ class VolumeManager:
         except spc.SpcValidationError as error:
             raise PublishError("INVALID_ARGUMENT", "FailedToCreateSecret", str(error)) from None
         files = {f.path: f.contents for f in result.files}
-        owner = secret_sync.owner_reference(pod_status)
+        if volume.pod_status is None:
+            await self._record_status(volume)
+        assert volume.pod_status is not None
+        owner = secret_sync.owner_reference(volume.pod_status)
         changed: list[str] = []
         started = time.perf_counter()
         for synced in parsed.secret_objects:
