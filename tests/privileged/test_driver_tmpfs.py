@@ -1,0 +1,80 @@
+"""The driver's flows on real tmpfs: tests/integration/test_driver.py, run again as root inside a
+private mount namespace with the `tmpfs` mounter, so every publish really mounts a tmpfs and every
+unpublish really unmounts it, while the host's mount table never changes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.privileged
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DRIVER_FLOWS = REPO_ROOT / "tests" / "integration" / "test_driver.py"
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root and unshare: not running as root"
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        return "needs root and unshare: util-linux unshare/mount not installed"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"needs root and unshare: unshare failed here ({probe.stderr.strip()})"
+    return None
+
+
+def _host_mounts() -> list[str]:
+    return Path("/proc/self/mountinfo").read_text().splitlines()
+
+
+def test_driver_flows_on_real_tmpfs() -> None:
+    reason = _why_not()
+    if reason:
+        pytest.skip(reason)
+    before = _host_mounts()
+    # Short: unix socket paths under it must stay within the kernel's 108 bytes.
+    base = Path(tempfile.mkdtemp(prefix="dew-tmpfs-"))
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            sys.executable,
+            "-m",
+            "pytest",
+            str(DRIVER_FLOWS),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--basetemp",
+            str(base / "t"),
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DEW_CSI_TEST_MOUNTER": "tmpfs"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    shutil.rmtree(base, ignore_errors=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    summary = re.search(r"(\d+) passed", output)
+    assert summary, output[-2000:]
+    assert int(summary.group(1)) >= 15, output[-2000:]
+    assert " skipped" not in output, output[-2000:]
+    assert _host_mounts() == before  # nothing leaked out of the private namespace
