@@ -1651,3 +1651,18 @@ async def test_watch_list_sends_initial_events_then_a_bookmark(api: httpx.AsyncC
             "resourceVersion": str(rv(last)),
             "annotations": {"k8s.io/initial-events-end": "true"},
         }
+
+
+async def test_a_dependent_created_after_its_owner_is_gone_is_collected(
+    api: httpx.AsyncClient,
+) -> None:
+    owner = await ok(await api.post(CONFIGMAPS, json=configmap("short-lived")), 201)
+    ref = owner_ref(owner, "ConfigMap")
+    await ok(await api.delete(f"{CONFIGMAPS}/short-lived"))
+    orphan = {"metadata": {"name": "late", "ownerReferences": [ref]}}
+    await ok(await api.post(SECRETS, json=orphan), 201)  # accepted, as a real server does
+    failure(await api.get(f"{SECRETS}/late"), 404, "NotFound")  # then collected
+    alive = await ok(await api.post(CONFIGMAPS, json=configmap("alive")), 201)
+    kept = {"metadata": {"name": "kept-late", "ownerReferences": [owner_ref(alive, "ConfigMap")]}}
+    await ok(await api.post(SECRETS, json=kept), 201)
+    await ok(await api.get(f"{SECRETS}/kept-late"))

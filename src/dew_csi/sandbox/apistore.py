@@ -2447,7 +2447,13 @@ class Store:
                 )
         stored = self._put(rt, obj, None, "ADDED", managers)
         self._after_write(rt, None, stored)
-        return Result(self.view(rt, stored, version), 201, decoded.warnings)
+        result = Result(self.view(rt, stored, version), 201, decoded.warnings)
+        owners = owner_uids(stored)
+        if owners and not owners & self._uids.keys():
+            # Every owner is already gone (deleted while this was being created): the garbage
+            # collector removes such a dependent, as the real one does shortly after.
+            self._delete_object(rt, stored, None, "Background")
+        return result
 
     def _generate_name(self, rt: ResourceType, namespace: str | None, prefix: str) -> str:
         prefix = prefix[:58]
