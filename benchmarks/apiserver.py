@@ -33,7 +33,7 @@ def start_emulator(state: Path | None) -> tuple[subprocess.Popen[str], str]:
     argv = [sys.executable, "-m", "dew_csi.cli", "sandbox", "apiserver", "--listen", "127.0.0.1:0"]
     if state is not None:
         argv += ["--state", str(state)]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert process.stdout is not None
     line = process.stdout.readline()
     match = re.search(r"(http://127\.0\.0\.1:\d+)", line)

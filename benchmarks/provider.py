@@ -38,7 +38,11 @@ def spawn(
     argv: list[str], pattern: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "dew_csi.cli", *argv], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "dew_csi.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
     )
     assert process.stdout is not None
     line = process.stdout.readline()
