@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import base64
 import binascii
-import contextlib
 import hmac
 import ipaddress
 import json
@@ -47,7 +46,6 @@ import signal
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import uuid
 from collections import Counter
@@ -63,6 +61,7 @@ import yaml
 from aiohttp import web
 
 from dew_csi.csms import signer
+from dew_csi.statefile import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -845,28 +844,6 @@ def is_loopback(remote: str | None) -> bool:
         return ipaddress.ip_address(remote.split("%")[0]).is_loopback
     except ValueError:
         return False
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """temp file in the same directory + fsync + rename + fsync of the directory: after a
-    crash the file holds either the old or the new state, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def parse_seed_versions(raw: object, where: str) -> list[SeedVersion]:

@@ -44,16 +44,17 @@ from dew_csi.driver.mounter import (
 from dew_csi.driver.provider_client import ProviderClients, ProviderError, ProviderResult
 from dew_csi.kube import Kube, KubeObject
 from dew_csi.logs import fields
+from dew_csi.volume_context import (
+    EPHEMERAL,
+    POD_NAME,
+    POD_NAMESPACE,
+    POD_UID,
+    SERVICE_ACCOUNT_NAME,
+)
+from dew_csi.volume_context import SECRET_PROVIDER_CLASS as SPC_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
-POD_NAME: Final = "csi.storage.k8s.io/pod.name"
-POD_NAMESPACE: Final = "csi.storage.k8s.io/pod.namespace"
-POD_UID: Final = "csi.storage.k8s.io/pod.uid"
-SERVICE_ACCOUNT_NAME: Final = "csi.storage.k8s.io/serviceAccount.name"
-EPHEMERAL: Final = "csi.storage.k8s.io/ephemeral"
-SA_TOKENS: Final = "csi.storage.k8s.io/serviceAccount.tokens"
-SPC_ATTRIBUTE: Final = "secretProviderClass"
 REFRESH_ANNOTATION: Final = "dew-csi.io/refresh"
 DEFAULT_PERMISSION: Final = 0o644
 TARGET_PATH_PATTERN: Final = re.compile(r"/pods/([^/]+)/volumes/kubernetes\.io~csi/([^/]+)/mount$")

@@ -42,16 +42,17 @@ from dew_csi.csms import (
 )
 from dew_csi.logs import fields
 from dew_csi.provider.cache import CacheKey, SecretCache
+from dew_csi.volume_context import (
+    OBJECTS,
+    POD_NAME,
+    POD_NAMESPACE,
+    SERVICE_ACCOUNT_NAME,
+)
+from dew_csi.volume_context import SECRET_PROVIDER_CLASS as SPC_NAME
 
 log = logging.getLogger(__name__)
 
 WHITELIST_ANNOTATION: Final = "cce.io/dew-resource"
-POD_NAME: Final = "csi.storage.k8s.io/pod.name"
-POD_NAMESPACE: Final = "csi.storage.k8s.io/pod.namespace"
-POD_UID: Final = "csi.storage.k8s.io/pod.uid"
-SERVICE_ACCOUNT_NAME: Final = "csi.storage.k8s.io/serviceAccount.name"
-SPC_NAME: Final = "secretProviderClass"
-OBJECTS: Final = "objects"
 MAX_MODE: Final = 0o777
 
 

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -54,6 +53,7 @@ from dew_csi.sandbox.apistore import (
     resource_not_found,
     unsupported_media_type,
 )
+from dew_csi.statefile import write_atomically
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -249,7 +249,7 @@ class ApiServer:
         """Write the state after an acknowledged write, before the response goes out."""
         if self.state_file is None or self.store.rv == self._persisted_rv:
             return
-        _write_atomic(self.state_file, self.store.dump())
+        write_atomically(self.state_file, self.store.dump())
         self._persisted_rv = self.store.rv
 
     # -- request plumbing
@@ -1150,27 +1150,6 @@ def _too_large() -> ApiError:
     )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename over, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class ApiServerThread:
     """An ApiServer on its own event loop in a daemon thread."""
 
@@ -1260,7 +1239,7 @@ def write_kubeconfig(
         "preferences": {},
     }
     path = Path(path)
-    _write_atomic(path, yaml.safe_dump(config, sort_keys=False).encode())
+    write_atomically(path, yaml.safe_dump(config, sort_keys=False).encode())
     os.chmod(path, 0o600)
 
 

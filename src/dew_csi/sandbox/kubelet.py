@@ -52,7 +52,7 @@ from typing import Any, Final
 
 import grpc
 
-from dew_csi import kube
+from dew_csi import kube, volume_context
 from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
 from dew_csi.driver.mounter import read_mountinfo
 from dew_csi.durations import parse_duration
@@ -79,11 +79,6 @@ PUBLISH_TIMEOUT_SECONDS: Final = 120.0
 PLUGIN_INFO_TIMEOUT_SECONDS: Final = 5.0
 DEFAULT_SCHEDULER: Final = "default-scheduler"
 
-POD_NAME_KEY: Final = "csi.storage.k8s.io/pod.name"
-POD_NAMESPACE_KEY: Final = "csi.storage.k8s.io/pod.namespace"
-POD_UID_KEY: Final = "csi.storage.k8s.io/pod.uid"
-SERVICE_ACCOUNT_KEY: Final = "csi.storage.k8s.io/serviceAccount.name"
-EPHEMERAL_KEY: Final = "csi.storage.k8s.io/ephemeral"
 
 # Go's names for gRPC codes, as `rpc error: code = ...` prints them.
 _GO_CODE_NAMES: Final = {grpc.StatusCode.CANCELLED: "Canceled", grpc.StatusCode.OK: "OK"}
@@ -848,13 +843,13 @@ class KubeletSimulator:
         if pod_info:
             context.update(
                 {
-                    POD_NAME_KEY: str(meta["name"]),
-                    POD_NAMESPACE_KEY: namespace,
-                    POD_UID_KEY: uid,
-                    SERVICE_ACCOUNT_KEY: str(
+                    volume_context.POD_NAME: str(meta["name"]),
+                    volume_context.POD_NAMESPACE: namespace,
+                    volume_context.POD_UID: uid,
+                    volume_context.SERVICE_ACCOUNT_NAME: str(
                         (pod.get("spec") or {}).get("serviceAccountName") or "default"
                     ),
-                    EPHEMERAL_KEY: "true",
+                    volume_context.EPHEMERAL: "true",
                 }
             )
         secrets = await self._node_publish_secrets(csi, namespace, volume_name)
