@@ -444,8 +444,10 @@ async def test_unlisted_secret_fails_the_mount_with_an_event_naming_it(stack: St
         await stack.node.NodePublishVolume(pod.request)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert '"secret_9"' in (caught.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stack.node.NodePublishVolume(pod.request)  # kubelet retries: same problem
     events = await events_for(stack, pod, "FailedToMountSecrets")
-    assert events
+    assert len(events) == 1  # one event per distinct problem, not one per retry
     assert events[0]["type"] == "Warning"
     assert '"secret_9"' in events[0]["message"]
     # All or nothing: no files, no mount left behind, no status recorded.

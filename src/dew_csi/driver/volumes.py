@@ -158,6 +158,9 @@ class VolumeManager:
         self._provider_timeout = provider_timeout
         self._volumes: dict[Path, MountedVolume] = {}
         self._target_locks: dict[Path, asyncio.Lock] = {}
+        # The last failure message recorded per volume: kubelet retries a failing mount every
+        # few seconds, and one event per distinct problem is enough beside kubelet's own.
+        self._last_failure: dict[Path, str] = {}
 
     # ------------------------------------------------------------------ registry
 
@@ -229,6 +232,7 @@ class VolumeManager:
                     log.exception("cleaning up %s after a failed mount", target)
             raise
         self._volumes[target] = volume
+        self._last_failure.pop(target, None)
         log.info(
             "mounted secrets",
             extra=fields(
@@ -325,6 +329,7 @@ class VolumeManager:
             await cleanup_mount_point(target, self._mounter)
             self._volumes.pop(target, None)
         self._target_locks.pop(target, None)
+        self._last_failure.pop(target, None)
 
     # ------------------------------------------------------------------ recovery
 
@@ -527,9 +532,12 @@ class VolumeManager:
             log.warning("could not record event %s: %s", reason, error)
 
     async def record_publish_failure(self, request: PublishRequest, message: str) -> None:
-        """A Warning event on the pod, beside kubelet's own FailedMount."""
+        """A Warning event on the pod, beside kubelet's own FailedMount (once per message)."""
         if not (request.pod_name and request.namespace):
             return
+        if self._last_failure.get(request.target_path) == message:
+            return
+        self._last_failure[request.target_path] = message
         try:
             await self._kube.record_event(
                 {
