@@ -376,12 +376,16 @@ class Kube:
         event: KubeObject = {
             "metadata": {"generateName": f"{meta['name']}.", "namespace": namespace},
             "involvedObject": {
-                "kind": involved.get("kind"),
-                "apiVersion": involved.get("apiVersion"),
-                "name": meta["name"],
-                "namespace": namespace,
-                "uid": meta.get("uid"),
-                "resourceVersion": meta.get("resourceVersion"),
+                key: value
+                for key, value in {
+                    "kind": involved.get("kind"),
+                    "apiVersion": involved.get("apiVersion"),
+                    "name": meta["name"],
+                    "namespace": namespace,
+                    "uid": meta.get("uid"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                }.items()
+                if value is not None  # absent, not null, as the real recorder writes it
             },
             "reason": reason,
             "message": message,
