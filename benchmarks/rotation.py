@@ -16,7 +16,8 @@ Printed:
   - per rotation pass (odd: nothing changed; even: 10 latest secrets got a new version): CSMS
     calls against pods x objects (what a per-pod fetch makes) and against pods x latest objects
     (per-pod reads of latest only), the pass wall time (PassReport.seconds), volumes rotated
-    against those that should, and the concurrency ratio against the serial baseline;
+    against those that should, the concurrency ratio against the serial baseline, and the CPU
+    time each process spent during the pass (which shows where a pass's time goes);
   - the serial baseline: one remount's p50 x volumes (what a serial pass would cost), and the
     measured serial pass;
   - SPC change -> changed file visible in every pod using that SPC, p50/p99, timed from just
@@ -32,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import functools
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,6 +79,11 @@ REPO = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- processes
 
 
+def _die_with_parent() -> None:
+    """In the child: be sent SIGTERM when the benchmark goes, even when it is SIGKILLed."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Processes:
     logs: Path
@@ -90,6 +99,7 @@ class Processes:
             stderr=log,
             text=True,
             env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.close()
         self.running.append((name, process))
@@ -130,6 +140,12 @@ def rss_mib(pid: int | str) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latest_name(i: int) -> str:
@@ -174,7 +190,9 @@ class Pod:
     spc: Spc
     uid: str = ""
     target: Path = Path()
-    request: csi_pb2.NodePublishVolumeRequest | None = None
+    request: csi_pb2.NodePublishVolumeRequest = field(
+        default_factory=csi_pb2.NodePublishVolumeRequest
+    )
 
 
 def layout(pods: int, per_spc: int) -> tuple[list[Spc], list[Pod]]:
@@ -274,7 +292,7 @@ async def install(client: kube.Kube, spcs: list[Spc], pods: list[Pod], root: Pat
             },
         )
 
-    await bounded(16, [lambda p=p: create_pod(p) for p in pods])  # type: ignore[misc]
+    await bounded(16, [functools.partial(create_pod, p) for p in pods])
 
 
 class Csms:
@@ -324,6 +342,7 @@ class PassFigures:
     expected_rotated: int
     csms_total: int
     csms_ops: dict[str, int]
+    cpu: dict[str, float]
 
 
 async def wait_visible(
@@ -377,7 +396,7 @@ async def change_spcs(
         await asyncio.gather(*(patch(spc.name) for spc in spcs))
         seconds = await wait_visible(targets, started)
         return list(seconds.values()), time.perf_counter() - started
-    samples = []
+    samples: list[float] = []
     first = time.perf_counter()
     for spc in spcs:
         started = time.perf_counter()
@@ -390,10 +409,8 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
     latest_ttl = parse_duration(args.latest_ttl)
     spcs, pods = layout(args.pods, args.pods_per_spc)
     latest_used = sorted({name for spc in spcs for name in spc.latest})
-    out: list[str] = []
 
     def emit(line: str = "") -> None:
-        out.append(line)
         print(line, flush=True)
 
     client = kube.Kube.from_url(api_url)
@@ -425,10 +442,7 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
         # ---- first publish, as kubelet does it for pods starting together
         await csms.reset()
         started = time.perf_counter()
-        await bounded(
-            16,
-            [lambda p=p: node.NodePublishVolume(p.request) for p in pods],  # type: ignore[misc]
-        )
+        await bounded(16, [functools.partial(node.NodePublishVolume, p.request) for p in pods])
         publish_s = time.perf_counter() - started
         calls, _ = await csms.counts()
         emit(
@@ -453,7 +467,9 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
                     await csms.bump(name)
             await asyncio.sleep(latest_ttl + 0.3)  # the provider's latest reads have expired
             await csms.reset()
+            cpu_before = {name: cpu_seconds(pid) for name, pid in args.pids.items()}
             report = await driver.reconciler.reconcile_once()
+            cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in args.pids.items()}
             total, ops = await csms.counts()
             affected = [p for p in pods if set(p.spc.latest) & set(changed)]
             for pod in affected:
@@ -466,7 +482,7 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
                 if changed
                 else f"pass {number}: nothing changed"
             )
-            figures.append(PassFigures(label, report, len(affected), total, ops))
+            figures.append(PassFigures(label, report, len(affected), total, ops, cpu))
 
         # ---- serial baseline: every volume remounted one after another
         await asyncio.sleep(latest_ttl + 0.3)
@@ -495,7 +511,12 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
             )
             emit(
                 f"  pass wall time              {r.seconds * 1e3:8.1f} ms for {r.volumes} volumes "
-                f"({baseline / r.seconds:.1f}x faster than the serial baseline)"
+                f"(p50 x volumes / pass = {baseline / r.seconds:.2f}x; "
+                f"measured serial pass / pass = {serial_s / r.seconds:.2f}x)"
+            )
+            emit(
+                "  CPU during the pass         "
+                + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f.cpu.items())
             )
             emit(
                 f"  volumes rotated             {r.rotated:5d}  (expected {f.expected_rotated})"
@@ -527,8 +548,6 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
             f"  p99 {percentile(together, 0.99) * 1e3:7.1f} ms  "
             f"(all {count} visible after {together_s * 1e3:.1f} ms)"
         )
-        if driver.spc_watcher.remounts < 2 * sum(len(s.pods) for s in chosen):
-            emit(f"  (SPC watcher remounts: {driver.spc_watcher.remounts})")
         emit("\n[memory]")
         emit(
             f"  this process (driver + benchmark clients)  {rss_mib('self'):6.1f} MiB  "
@@ -537,10 +556,29 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
         emit(f"  provider process                           {rss_mib(args.provider_pid):6.1f} MiB")
     finally:
         if channel is not None:
-            await channel.close()
+            await channel.close(None)
         await driver.stop()
         await csms.aclose()
         await client.close()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+async def cancel_on_sigterm(work: Awaitable[None]) -> None:
+    """Inside the event loop, SIGTERM cancels the work, so that its clean-up runs."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def main() -> None:
@@ -553,6 +591,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.pods < 1 or args.passes < 1 or args.pods_per_spc < 1 or args.spc_changes < 1:
         parser.error("--pods, --passes, --pods-per-spc and --spc-changes must be positive")
+    # SIGTERM unwinds like Ctrl-C, so the processes started here are stopped on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dew-rot-") as tmp:
         root = Path(tmp)
@@ -560,7 +600,7 @@ def main() -> None:
         seed_file(root / "secrets.yaml")
         failed = True
         try:
-            _, api_url = processes.spawn(
+            api, api_url = processes.spawn(
                 "apiserver",
                 [
                     "sandbox",
@@ -572,7 +612,7 @@ def main() -> None:
                 ],
                 r"(http://\S+)",
             )
-            _, csms_url = processes.spawn(
+            csms, csms_url = processes.spawn(
                 "csms",
                 [
                     "csms-emulator",
@@ -615,7 +655,13 @@ def main() -> None:
                 env=env,
             )
             args.provider_pid = provider.pid
-            asyncio.run(measure(args, root, api_url, csms_url))
+            args.pids = {
+                "provider": provider.pid,
+                "this process (driver)": "self",
+                "CSMS emulator": csms.pid,
+                "API emulator": api.pid,
+            }
+            asyncio.run(cancel_on_sigterm(measure(args, root, api_url, csms_url)))
             failed = False
         finally:
             if failed:

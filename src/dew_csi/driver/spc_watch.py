@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class SpcChangeWatcher:
-    def __init__(self, cache: kube.WatchCache, volumes: VolumeManager) -> None:
+    def __init__(
+        self, cache: kube.WatchCache, volumes: VolumeManager, concurrency: int = 8
+    ) -> None:
         self._volumes = volumes
+        # Bounded: many volumes changing at once would otherwise all queue on the provider
+        # together and each finish only when the whole batch does.
+        self._limit = asyncio.Semaphore(concurrency)
         self.cache = cache
         self.cache.add_handler(self._on_event)
         self._running: dict[Path, asyncio.Task[None]] = {}
@@ -61,7 +66,8 @@ class SpcChangeWatcher:
             while True:
                 self._again.discard(target)
                 try:
-                    await self._volumes.remount(target, trigger="SecretProviderClass change")
+                    async with self._limit:
+                        await self._volumes.remount(target, trigger="SecretProviderClass change")
                     self.remounts += 1
                 except (PublishError, kube.KubeError) as error:
                     await self._volumes.report_remount_failure(

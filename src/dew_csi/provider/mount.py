@@ -15,6 +15,7 @@ Messages name secrets, versions, keys and ServiceAccounts, never a secret value.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -365,7 +366,7 @@ class Mounter:
                 f"secrets to mount there",
             )
         try:
-            return spc.parse_objects(spc_name, objects_yaml)
+            return _parse_objects(spc_name, objects_yaml)
         except spc.SpcValidationError as error:
             raise MountError(Status.INVALID_ARGUMENT, str(error)) from None
 
@@ -399,6 +400,14 @@ class Mounter:
                 extra=fields(name=obj.object_name, version=version.version_id),
             )
         return version
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_objects(spc_name: str, objects_yaml: str) -> tuple[spc.SecretObject, ...]:
+    """parse_objects, remembered: every rotation pass mounts the same SPCs again, and parsing
+    the YAML costs more than the rest of a warm Mount (measured in benchmarks/rotation.py).
+    The result is immutable; errors are not remembered."""
+    return spc.parse_objects(spc_name, objects_yaml)
 
 
 def _required(request: MountInput, key: str) -> str:
