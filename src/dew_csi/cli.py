@@ -306,6 +306,31 @@ def _add_demo(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         action="store_true",
         help="apply the guide's files through the API even when kubectl is installed",
     )
+    demo.add_argument(
+        "--dir",
+        help="run the sandbox in DIR, which must be new or empty (default: a temporary directory)",
+    )
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the sandbox running at the end (and say how to use and stop it)",
+    )
+    demo.add_argument(
+        "--rotation-poll-interval",
+        default="3s",
+        help="the driver's rotation interval; sandbox values such as 3s are accepted (default 3s)",
+    )
+    demo.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="the guide's YAML files (default: the checkout's examples/)",
+    )
+    demo.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for a pod or a mount to reach what the guide shows (default 30)",
+    )
     _bind(demo, "dew_csi.demo:run_from_args")
 
 
@@ -333,6 +358,106 @@ def _add_csms_emulator(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     _bind(emulator, "dew_csi.csms.emulator:run_from_args")
 
 
+def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`check pod|spc`; the options go before or after the subcommand."""
+
+    def options(*, repeated: bool) -> argparse.ArgumentParser:
+        # As for `csms`: no defaults on the subcommands, so they never undo an earlier value.
+        common = argparse.ArgumentParser(
+            add_help=False, argument_default=argparse.SUPPRESS if repeated else None
+        )
+        common.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
+        common.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG, ~/.kube)")
+        common.add_argument(
+            "--env-file", help="KEY=value file with CSMS_ENDPOINT and HUAWEICLOUD_SDK_* (csms.env)"
+        )
+        where = common.add_mutually_exclusive_group()
+        where.add_argument("--endpoint", help="CSMS endpoint URL (else $CSMS_ENDPOINT)")
+        where.add_argument("--region", help="Huawei Cloud region, e.g. cn-north-4")
+        common.add_argument("--project-id", help="project id (else $HUAWEICLOUD_SDK_PROJECT_ID)")
+        common.add_argument(
+            "--credentials-dir",
+            help="directory with files ak, sk[, security_token, project_id], as the provider's",
+        )
+        common.add_argument(
+            "--metadata-url",
+            help="ECS metadata service for agency credentials (default http://169.254.169.254); "
+            "'none' disables it",
+        )
+        common.add_argument("--ca-file", help="CA bundle to verify the CSMS endpoint with")
+        common.add_argument("--insecure-skip-tls-verify", action="store_true", help="testing only")
+        common.add_argument("--plain", action="store_true", help="OK/FAIL/SKIP instead of marks")
+        common.add_argument(
+            "-v", "--verbose", action="store_true", help="log CSMS retries to stderr"
+        )
+        return common
+
+    check = subparsers.add_parser(
+        "check",
+        parents=[options(repeated=False)],
+        help="explain whether a pod's secrets would mount, and why not",
+        description="Check, without mounting anything, what a mount would need: the volume, the "
+        "SecretProviderClass, the ServiceAccount whitelist, the credentials and every secret, "
+        "version and jmesPath in CSMS. One line per check; exit 0 when all pass, 1 when any "
+        "fails, 2 for usage errors. Secret values are never printed.",
+    )
+    check_sub = check.add_subparsers(dest="check_command", required=True)
+    repeated = options(repeated=True)
+
+    pod = check_sub.add_parser(
+        "pod",
+        parents=[repeated],
+        help="check every secrets-store CSI volume of a pod",
+        description="Check each inline CSI volume of driver secrets-store.csi.k8s.io of the pod.",
+    )
+    pod.add_argument("name", help="the pod's name")
+    _bind(pod, "dew_csi.check:pod_from_args")
+
+    spc = check_sub.add_parser(
+        "spc",
+        parents=[repeated],
+        help="check a SecretProviderClass against CSMS",
+        description="Check a SecretProviderClass: validity, credentials, every secret, version "
+        "and jmesPath in CSMS, secretObjects; with --service-account also the whitelist.",
+    )
+    spc.add_argument("name", help="the SecretProviderClass's name")
+    spc.add_argument(
+        "--service-account", help="also check this ServiceAccount's cce.io/dew-resource whitelist"
+    )
+    _bind(spc, "dew_csi.check:spc_from_args")
+
+
+def _add_webhook(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    webhook = subparsers.add_parser(
+        "webhook",
+        help="run the admission webhook that validates SecretProviderClass objects",
+        description="Answer AdmissionReview (admission.k8s.io/v1) requests on POST /validate over "
+        "HTTPS: refuse SecretProviderClass objects of provider cce that dew-provider would refuse "
+        "(same rules, same message), and creates beyond --max-spcs objects in the cluster. "
+        "GET /healthz answers ok.",
+    )
+    webhook.add_argument(
+        "--listen",
+        default="0.0.0.0:8443",
+        help="HOST:PORT to serve HTTPS on; port 0 picks a free port and prints it "
+        "(default 0.0.0.0:8443)",
+    )
+    webhook.add_argument("--tls-cert", required=True, help="PEM certificate (chain) to serve")
+    webhook.add_argument("--tls-key", required=True, help="PEM private key of --tls-cert")
+    webhook.add_argument(
+        "--kubeconfig", help="kubeconfig file; in a pod the in-cluster config is used"
+    )
+    webhook.add_argument(
+        "--max-spcs",
+        type=int,
+        default=500,
+        help="refuse creating a SecretProviderClass when the cluster has this many already "
+        "(default 500, the add-on's limit); 0 turns the limit off and needs no API access",
+    )
+    webhook.add_argument("--log-format", choices=["text", "json"], default="text")
+    _bind(webhook, "dew_csi.webhook:run_from_args")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dew-csi",
@@ -347,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_provider(subparsers)
     _add_driver(subparsers)
     _add_demo(subparsers)
+    _add_check(subparsers)
+    _add_webhook(subparsers)
     return parser
 
 

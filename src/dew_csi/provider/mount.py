@@ -386,7 +386,7 @@ class Mounter:
                 ),
             )
         except CsmsError as error:
-            raise _from_csms_error(obj, error) from None
+            raise mount_error_from_csms(obj, error) from None
         version = lookup.value
         if lookup.from_cache and not obj.is_latest:
             log.info(
@@ -420,7 +420,8 @@ def _required(request: MountInput, key: str) -> str:
     return value
 
 
-def _from_csms_error(obj: spc.SecretObject, error: CsmsError) -> MountError:
+def mount_error_from_csms(obj: spc.SecretObject, error: CsmsError) -> MountError:
+    """The MountError for a failed CSMS read; `dew-csi check` uses it too, so both say the same."""
     subject = f'secret "{obj.object_name}" version {obj.object_version}'
     if isinstance(error, SecretNotFound):
         return MountError(

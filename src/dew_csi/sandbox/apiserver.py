@@ -30,6 +30,7 @@ import yaml
 from aiohttp import web
 
 from dew_csi.sandbox import apitables
+from dew_csi.sandbox.admission import Admission, named
 from dew_csi.sandbox.apistore import (
     MAX_BODY_BYTES,
     PATCH_APPLY,
@@ -184,6 +185,7 @@ class ApiServer:
         bookmark_interval: float = 15.0,
     ) -> None:
         self.store = Store(event_history=event_history)
+        self.admission = Admission(self.store)
         self.state_file = Path(state_file) if state_file is not None else None
         self.token = token
         self.bookmark_interval = bookmark_interval
@@ -220,6 +222,7 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.admission.close()
 
     def compact(self) -> None:
         """Drop the watch history: a watch or continue from an older resourceVersion gets 410.
@@ -743,7 +746,17 @@ class ApiServer:
             raise method_not_allowed()
         body, duplicates = await self._object_body(request, rt.kind)
         options = self._write_options(request, "CreateOptions", duplicates)
-        result = self.store.create(rt, target.version, target.namespace, body, options)
+        result = await self.admission.admit(
+            rt,
+            target.version,
+            target.namespace,
+            None,
+            None,
+            options,
+            lambda opts, name: self.store.create(
+                rt, target.version, target.namespace, named(body, name), opts
+            ),
+        )
         return self._one(request, target, result.obj, result.code, result.warnings)
 
     async def _put(self, request: web.Request, target: _Target) -> web.Response:
@@ -759,8 +772,17 @@ class ApiServer:
             raise method_not_allowed()
         body, duplicates = await self._object_body(request, rt.kind)
         options = self._write_options(request, "UpdateOptions", duplicates)
-        result = self.store.update(
-            rt, target.version, target.namespace, target.name, body, options, target.subresource
+        name = target.name
+        result = await self.admission.admit(
+            rt,
+            target.version,
+            target.namespace,
+            name,
+            target.subresource,
+            options,
+            lambda opts, _: self.store.update(
+                rt, target.version, target.namespace, name, body, opts, target.subresource
+            ),
         )
         return self._one(request, target, result.obj, result.code, result.warnings)
 
@@ -782,15 +804,24 @@ class ApiServer:
             return self._json(request, scale)
         if target.subresource not in (None, "status"):
             raise method_not_allowed()
-        result = self.store.patch(
+        name = target.name
+        result = await self.admission.admit(
             rt,
             target.version,
             target.namespace,
-            target.name,
-            patch_type,
-            raw,
-            options,
+            name,
             target.subresource,
+            options,
+            lambda opts, _: self.store.patch(
+                rt,
+                target.version,
+                target.namespace,
+                name,
+                patch_type,
+                raw,
+                opts,
+                target.subresource,
+            ),
         )
         return self._one(request, target, result.obj, result.code, result.warnings)
 

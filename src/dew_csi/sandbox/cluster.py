@@ -80,6 +80,9 @@ READY_LINES: Final = {
 LOG_TAIL_LINES: Final = 30
 REPO_ROOT: Final = Path(__file__).resolve().parents[3]
 CRD_DIR: Final = REPO_ROOT / "deploy" / "crds"
+# The provider shares a `latest` read this long. Production's 5s is far below any real rotation
+# interval (1m at least); the sandbox's intervals are seconds, so it shares for less.
+SANDBOX_LATEST_TTL: Final = "500ms"
 _AK_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _SK_ALPHABET: Final = _AK_ALPHABET + "abcdefghijklmnopqrstuvwxyz"
 
@@ -401,6 +404,8 @@ class Sandbox:
                 str(self.kubeconfig),
                 "--metadata-url",
                 "none",
+                "--latest-ttl",
+                SANDBOX_LATEST_TTL,
             ],
             env={
                 "HUAWEICLOUD_SDK_AK": credentials["HUAWEICLOUD_SDK_AK"],

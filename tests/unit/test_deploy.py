@@ -1,0 +1,759 @@
+"""deploy/ and the Dockerfile: the kustomize tree renders, every object is valid for Kubernetes
+1.28 to 1.32, and the manifests agree with the programs they run (flags parsed by the real CLI,
+shared paths, RBAC derived from the code, the guide's resource sizes).
+
+`kubectl kustomize deploy/` runs once per module; without kubectl those tests skip and say why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import importlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import SchemaNotFoundError
+
+import dew_csi
+from dew_csi import kube
+from dew_csi.cli import build_parser
+from dew_csi.driver import app as driver_app
+from dew_csi.driver.provider_client import DEFAULT_PROVIDER_DIRS
+from dew_csi.driver.rotation import parse_rotation_interval
+from dew_csi.grpc_socket import socket_path
+from dew_csi.provider import app as provider_app
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+SRC = REPO / "src" / "dew_csi"
+KUBECTL = shutil.which("kubectl")
+K8S_VERSIONS = ("1.28", "1.29", "1.30", "1.31", "1.32")
+
+NAMESPACE = "kube-system"
+PART_OF = ("app.kubernetes.io/part-of", "dew-csi")
+CLUSTER_SCOPED = {
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CSIDriver",
+    "ValidatingWebhookConfiguration",
+}
+# The guide's Table 1: the size of one pod of each DaemonSet.
+GUIDE_POD_CPU = Fraction(1, 4)  # 0.25 vCPU
+GUIDE_POD_MEMORY = 512 * 1024**2  # 0.5 GiB
+NODE_NAME = "node-a"  # what the downward API would give NODE_NAME
+
+needs_kubectl = pytest.mark.kubectl
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    """Every object `kubectl kustomize deploy/` renders, once per module."""
+    if KUBECTL is None:
+        pytest.skip("kubectl is not installed: deploy/ is rendered with `kubectl kustomize`")
+    result = subprocess.run(
+        [KUBECTL, "kustomize", str(DEPLOY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"kubectl kustomize deploy/ failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    matches = [c for c in containers if c["name"] == name]
+    assert len(matches) == 1, f"{workload['metadata']['name']} has no container {name}"
+    return matches[0]
+
+
+def pod_containers(objects: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict]]:
+    for obj in objects:
+        if obj["kind"] in ("DaemonSet", "Deployment"):
+            spec = obj["spec"]["template"]["spec"]
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                yield obj, c
+
+
+def volume(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    assert name in volumes, f"{workload['metadata']['name']} has no volume {name}"
+    return volumes[name]
+
+
+def mount(c: dict[str, Any], volume_name: str) -> dict[str, Any]:
+    matches = [m for m in c.get("volumeMounts", []) if m["name"] == volume_name]
+    assert len(matches) == 1, f"container {c['name']} does not mount {volume_name}"
+    return matches[0]
+
+
+def host_path(workload: dict[str, Any], c: dict[str, Any], path: str) -> PurePosixPath:
+    """The host file a container path is, through the container's hostPath volume mounts."""
+    target = PurePosixPath(path)
+    for m in c.get("volumeMounts", []):
+        mount_path = PurePosixPath(m["mountPath"])
+        if target == mount_path or mount_path in target.parents:
+            source = volume(workload, m["name"]).get("hostPath")
+            assert source is not None, f"{path} is on volume {m['name']}, not a hostPath"
+            return PurePosixPath(source["path"]) / target.relative_to(mount_path)
+    raise AssertionError(f"{path} is on no volume of container {c['name']}")
+
+
+def flags(args: list[str]) -> dict[str, list[str]]:
+    """`--name=value` arguments by name (repeatable ones keep every value)."""
+    result: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.startswith("--") and "=" in arg:
+            name, _, value = arg.partition("=")
+            result.setdefault(name, []).append(value)
+    return result
+
+
+def flag(args: list[str], name: str) -> str:
+    values = flags(args).get(name, [])
+    assert len(values) == 1, f"expected one {name}=... in {args}"
+    return values[0]
+
+
+def env_of(objects: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, str]:
+    """The container's environment as the kubelet would resolve it on node NODE_NAME."""
+    env: dict[str, str] = {}
+    for item in c.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        source = item["valueFrom"]
+        if "fieldRef" in source:
+            assert source["fieldRef"]["fieldPath"] == "spec.nodeName", source
+            env[item["name"]] = NODE_NAME
+        elif "configMapKeyRef" in source:
+            ref = source["configMapKeyRef"]
+            config_map = find(objects, "ConfigMap", ref["name"])
+            assert not ref.get("optional"), f"{item['name']}: a setting must not be optional"
+            assert ref["key"] in config_map["data"], f"ConfigMap has no key {ref['key']}"
+            env[item["name"]] = config_map["data"][ref["key"]]
+        else:
+            raise AssertionError(f"unexpected env source {source}")
+    return env
+
+
+_VAR = re.compile(r"\$\((\w+)\)")
+
+
+def expanded_args(objects: list[dict[str, Any]], c: dict[str, Any]) -> list[str]:
+    """The container's args with $(VAR) replaced as the kubelet does. An undefined variable
+    would reach the program literally, so it fails here."""
+    env = env_of(objects, c)
+
+    def substitute(match: re.Match[str]) -> str:
+        assert match.group(1) in env, f"{c['name']}: $({match.group(1)}) is not in its env"
+        return env[match.group(1)]
+
+    return [_VAR.sub(substitute, arg) for arg in c.get("args", [])]
+
+
+def subcommands() -> set[str]:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+def parse_cli(argv: list[str]) -> argparse.Namespace:
+    """Parse with the real `dew-csi` parser; an argparse error fails the test with its message."""
+    try:
+        return build_parser().parse_args(argv)
+    except SystemExit as error:
+        pytest.fail(f"dew-csi {shlex.join(argv)} does not parse (exit {error.code})")
+
+
+def driver_ds(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(objects, "DaemonSet", "csi-secrets-store")
+
+
+def provider_ds(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(objects, "DaemonSet", "dew-provider")
+
+
+def webhook_deployment(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return find(objects, "Deployment", "dew-csi-webhook")
+
+
+# --------------------------------------------------------------------------- schema validity
+
+
+@needs_kubectl
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_is_valid_for_kubernetes(objects: list[dict[str, Any]], version: str) -> None:
+    """Strict schema validation (unknown fields are errors). Only objects of a custom kind
+    (say a SecretProviderClass) would be skipped, kubernetes_validate having no schema for
+    them; today deploy/ renders none, so all of them are validated, the CRDs included."""
+    custom_groups = {o["spec"]["group"] for o in objects if o["kind"] == "CustomResourceDefinition"}
+    errors = []
+    for obj in objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except SchemaNotFoundError:
+            group = obj["apiVersion"].rpartition("/")[0]
+            assert group in custom_groups, f"no schema for built-in kind {obj['kind']}"
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"{obj['kind']} {obj['metadata']['name']}: {error.message}")
+    assert not errors, "\n".join(errors)
+
+
+@needs_kubectl
+def test_strict_validation_refuses_an_unknown_field(objects: list[dict[str, Any]]) -> None:
+    """Proves the check above has teeth: a misspelt field is an error in strict mode."""
+    broken = copy.deepcopy(driver_ds(objects))
+    broken["spec"]["template"]["spec"]["containers"][0]["mountPropagaton"] = "Bidirectional"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[0], strict=True)
+
+
+# --------------------------------------------------------------------------- inventory
+
+
+@needs_kubectl
+def test_the_tree_installs_the_addon_into_kube_system(objects: list[dict[str, Any]]) -> None:
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert {
+        ("CustomResourceDefinition", "secretproviderclasses.secrets-store.csi.x-k8s.io"),
+        ("CustomResourceDefinition", "secretproviderclasspodstatuses.secrets-store.csi.x-k8s.io"),
+        ("CSIDriver", dew_csi.DRIVER_NAME),
+        ("DaemonSet", "csi-secrets-store"),
+        ("DaemonSet", "dew-provider"),
+        ("Deployment", "dew-csi-webhook"),
+        ("Service", "dew-csi-webhook"),
+        ("ValidatingWebhookConfiguration", "dew-csi-webhook"),
+    } <= kinds
+    for obj in objects:
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], what
+        else:
+            assert obj["metadata"].get("namespace") == NAMESPACE, what
+
+
+@needs_kubectl
+def test_everything_is_labelled_part_of_dew_csi(objects: list[dict[str, Any]]) -> None:
+    """Also: every object but the CRDs has a component label, which deploy/README.md's
+    "uninstall but keep the CRDs" selector relies on."""
+    key, value = PART_OF
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        assert labels.get(key) == value, what
+        has_component = "app.kubernetes.io/component" in labels
+        assert has_component == (obj["kind"] != "CustomResourceDefinition"), what
+        if obj["kind"] in ("DaemonSet", "Deployment"):
+            assert obj["spec"]["template"]["metadata"]["labels"].get(key) == value, what
+            assert key not in obj["spec"]["selector"]["matchLabels"], what
+
+
+@needs_kubectl
+def test_one_image_for_all_components_and_pinned_sidecars(objects: list[dict[str, Any]]) -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["version"] == dew_csi.__version__
+    ours = {c["image"] for _, c in pod_containers(objects) if c.get("command") == ["dew-csi"]}
+    assert ours == {f"dew-csi:{dew_csi.__version__}"}
+    for _, c in pod_containers(objects):
+        assert c.get("imagePullPolicy") == "IfNotPresent", c["name"]
+        if c.get("command") != ["dew-csi"]:
+            assert re.fullmatch(r"registry\.k8s\.io/sig-storage/[a-z-]+:v\d+\.\d+\.\d+", c["image"])
+
+
+# --------------------------------------------------------------------------- the programs' flags
+
+
+@needs_kubectl
+def test_driver_args_parse_and_configure_the_driver(objects: list[dict[str, Any]]) -> None:
+    c = container(driver_ds(objects), "secrets-store")
+    assert c["command"] == ["dew-csi"]
+    argv = expanded_args(objects, c)
+    args = parse_cli(argv)
+    assert args.command == "driver"
+    config = driver_app.config_from_args(args)  # the checks the driver makes at start-up
+    assert config.node_id == NODE_NAME
+    assert config.rotation_interval == 120.0
+    assert config.mounter == "tmpfs"
+    assert config.metrics_addr == ":8095"
+    assert config.kubeconfig is None  # in-cluster configuration
+
+
+@needs_kubectl
+def test_provider_args_parse_and_configure_the_provider(objects: list[dict[str, Any]]) -> None:
+    ds = provider_ds(objects)
+    c = container(ds, "dew-provider")
+    assert c["command"] == ["dew-csi"]
+    args = parse_cli(expanded_args(objects, c))
+    assert args.command == "provider"
+    config = provider_app.config_from_args(args)
+    assert config.csms.resolved_endpoint().startswith("https://")
+    assert config.metrics_addr == ":8098"
+    assert config.metadata_url == provider_app.DEFAULT_METADATA_URL  # agency credentials: on
+    # The optional access-key Secret is mounted read-only where --credentials-dir points.
+    credentials = volume(ds, "credentials")["secret"]
+    assert credentials["secretName"] == "dew-csi-credentials"
+    assert credentials["optional"] is True
+    credentials_mount = mount(c, "credentials")
+    assert credentials_mount["readOnly"] is True
+    assert config.credentials_dir == credentials_mount["mountPath"]
+
+
+@needs_kubectl
+def test_webhook_args_parse_and_configure_the_webhook(objects: list[dict[str, Any]]) -> None:
+    c = container(webhook_deployment(objects), "webhook")
+    assert c["command"] == ["dew-csi"]
+    argv = expanded_args(objects, c)
+    if "webhook" not in subcommands():
+        pytest.skip(
+            "`dew-csi webhook` does not exist yet (being written for issue #5); its args "
+            f"{shlex.join(argv[1:])} are checked once it does"
+        )
+    args = parse_cli(argv)
+    assert args.command == "webhook"
+    webhook_app = importlib.import_module("dew_csi.webhook")
+    config = webhook_app.config_from_args(args)
+    assert (config.host, config.port) == ("0.0.0.0", 8443)
+    assert config.max_spcs == 500  # the guide's limit
+    assert config.kubeconfig is None  # in-cluster configuration
+    # The ValidatingWebhookConfiguration calls the path the server routes.
+    (hook,) = find(objects, "ValidatingWebhookConfiguration", "dew-csi-webhook")["webhooks"]
+    path = hook["clientConfig"]["service"]["path"]
+    source = Path(webhook_app.__file__).read_text()
+    assert re.search(r"add_post\(\s*" + re.escape(json.dumps(path)), source), path
+    probe = c["readinessProbe"]["httpGet"]
+    assert (probe["scheme"], probe["path"]) == ("HTTPS", "/healthz")
+    assert re.search(r"add_get\(\s*" + re.escape(json.dumps(probe["path"])), source)
+
+
+@needs_kubectl
+def test_metrics_ports_are_declared(objects: list[dict[str, Any]]) -> None:
+    for workload, name in (
+        (driver_ds(objects), "secrets-store"),
+        (provider_ds(objects), "dew-provider"),
+    ):
+        c = container(workload, name)
+        port = int(flag(c["args"], "--metrics-addr").rpartition(":")[2])
+        assert {"name": "metrics", "containerPort": port} in c["ports"], name
+
+
+# --------------------------------------------------------------------------- shared paths
+
+
+@needs_kubectl
+def test_driver_and_provider_share_the_provider_directory(objects: list[dict[str, Any]]) -> None:
+    driver, provider = driver_ds(objects), provider_ds(objects)
+    driver_c, provider_c = container(driver, "secrets-store"), container(provider, "dew-provider")
+    provider_dir = flag(driver_c["args"], "--provider-dir")
+    socket_dir = flag(provider_c["args"], "--socket-dir")
+    on_host = host_path(driver, driver_c, provider_dir)
+    assert on_host == host_path(provider, provider_c, socket_dir)
+    # The upstream location, so an upstream driver could use our provider (and ours theirs).
+    assert Path(str(on_host)) in DEFAULT_PROVIDER_DIRS
+    assert str(on_host) == provider_app.DEFAULT_SOCKET_DIR
+    for workload in (driver, provider):
+        assert volume(workload, "providers-dir")["hostPath"]["type"] == "DirectoryOrCreate"
+
+
+@needs_kubectl
+def test_registrar_driver_and_probe_agree_on_the_csi_socket(objects: list[dict[str, Any]]) -> None:
+    ds = driver_ds(objects)
+    registrar = container(ds, "node-driver-registrar")
+    driver = container(ds, "secrets-store")
+    probe = container(ds, "liveness-probe")
+    registration = flag(registrar["args"], "--kubelet-registration-path")
+    plugin_dir = volume(ds, "plugin-dir")["hostPath"]["path"]
+    assert registration == f"{plugin_dir}/csi.sock"
+    endpoint = str(socket_path(flag(driver["args"], "--endpoint")))
+    assert PurePosixPath(endpoint).parent == PurePosixPath(mount(driver, "plugin-dir")["mountPath"])
+    # All three reach the same host file, the one the kubelet is told to dial.
+    assert str(host_path(ds, driver, endpoint)) == registration
+    assert str(host_path(ds, registrar, flag(registrar["args"], "--csi-address"))) == registration
+    assert str(host_path(ds, probe, flag(probe["args"], "--csi-address"))) == registration
+    assert mount(registrar, "registration-dir")["mountPath"] == "/registration"
+
+
+@needs_kubectl
+def test_driver_mounts_the_kubelet_pods_dir_bidirectionally(objects: list[dict[str, Any]]) -> None:
+    ds = driver_ds(objects)
+    driver = container(ds, "secrets-store")
+    pods = mount(driver, "mountpoint-dir")
+    assert pods["mountPropagation"] == "Bidirectional"
+    # The kubelet sends host target paths: the driver must see them at the same path.
+    assert pods["mountPath"] == volume(ds, "mountpoint-dir")["hostPath"]["path"]
+    assert pods["mountPath"] == "/var/lib/kubelet/pods"
+    assert driver["securityContext"]["privileged"] is True  # Bidirectional requires it
+
+
+@needs_kubectl
+def test_driver_liveness_probe_hits_the_probe_sidecar(objects: list[dict[str, Any]]) -> None:
+    ds = driver_ds(objects)
+    driver = container(ds, "secrets-store")
+    health_port = int(flag(container(ds, "liveness-probe")["args"], "--health-port"))
+    probe = driver["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in driver["ports"]}
+    assert ports.get(probe["port"], probe["port"]) == health_port == 9808
+
+
+@needs_kubectl
+def test_only_the_driver_is_privileged(objects: list[dict[str, Any]]) -> None:
+    for _, c in pod_containers(objects):
+        privileged = c.get("securityContext", {}).get("privileged", False)
+        assert privileged == (c["name"] == "secrets-store"), c["name"]
+    provider = container(provider_ds(objects), "dew-provider")["securityContext"]
+    assert provider["capabilities"]["drop"] == ["ALL"]
+    assert provider["allowPrivilegeEscalation"] is False
+    webhook_pod = webhook_deployment(objects)["spec"]["template"]["spec"]["securityContext"]
+    assert webhook_pod["runAsNonRoot"] is True
+
+
+# --------------------------------------------------------------------------- CSIDriver, config
+
+
+@needs_kubectl
+def test_csidriver_matches_the_driver(objects: list[dict[str, Any]]) -> None:
+    spec = find(objects, "CSIDriver", dew_csi.DRIVER_NAME)["spec"]
+    assert spec == {
+        "attachRequired": False,
+        "podInfoOnMount": True,
+        "volumeLifecycleModes": ["Ephemeral"],
+        "requiresRepublish": False,
+    }
+
+
+@needs_kubectl
+def test_rotation_poll_interval_is_set_in_one_place(objects: list[dict[str, Any]]) -> None:
+    config_maps = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert len(config_maps) == 1
+    config_map = config_maps[0]
+    assert config_map["metadata"]["name"].startswith("dew-csi-config")
+    interval = config_map["data"]["rotation_poll_interval"]
+    assert interval == "2m"
+    assert parse_rotation_interval(interval) == 120.0
+    assert (
+        flag(container(driver_ds(objects), "secrets-store")["args"], "--rotation-poll-interval")
+        == "$(ROTATION_POLL_INTERVAL)"
+    )
+    # What the driver would refuse at start, were it put in config.env.
+    for bad in ("0m", "1441m", "2min", "120", "5s", "-1m"):
+        with pytest.raises(ValueError, match="rotation_poll_interval"):
+            parse_rotation_interval(bad)
+    assert parse_rotation_interval("1m") == 60.0
+    assert parse_rotation_interval("1440m") == 86400.0
+
+
+# --------------------------------------------------------------------------- RBAC
+
+_METHOD_VERBS: dict[str, tuple[str, ...]] = {
+    "get": ("get",),
+    "find": ("get",),
+    "list_objects": ("list",),
+    "watch": ("watch",),
+    "create": ("create",),
+    "replace": ("update",),
+    "patch": ("patch",),
+    "apply": ("create", "patch"),
+    "delete": ("delete",),
+}
+Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+
+def required_permissions(paths: list[Path]) -> set[Permission]:
+    """What the code asks of the API server: every `Kube` call whose first argument is one of
+    dew_csi.kube's Resource constants, every `WatchCache` (list + watch) and `record_event`."""
+    resources = {n: v for n, v in vars(kube).items() if isinstance(v, kube.Resource)}
+    needed: set[Permission] = set()
+    for path in paths:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        imported: dict[str, kube.Resource] = {}
+        module_names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "dew_csi.kube":
+                for alias in node.names:
+                    if alias.name in resources:
+                        imported[alias.asname or alias.name] = resources[alias.name]
+            elif isinstance(node, ast.ImportFrom) and node.module == "dew_csi":
+                module_names |= {a.asname or a.name for a in node.names if a.name == "kube"}
+
+        def resolve(
+            expr: ast.expr,
+            imported: dict[str, kube.Resource] = imported,
+            module_names: set[str] = module_names,
+        ) -> kube.Resource | None:
+            if isinstance(expr, ast.Name):
+                return imported.get(expr.id)
+            if (
+                isinstance(expr, ast.Attribute)
+                and isinstance(expr.value, ast.Name)
+                and expr.value.id in module_names
+            ):
+                return resources.get(expr.attr)
+            return None
+
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            arguments = [*node.args, *(k.value for k in node.keywords if k.arg == "resource")]
+            if name == "record_event":
+                needed.add(("", "events", "create"))
+            elif name == "WatchCache":
+                for resource in filter(None, map(resolve, arguments[1:])):
+                    needed |= {(resource.group, resource.plural, v) for v in ("list", "watch")}
+            elif isinstance(func, ast.Attribute) and arguments:
+                resource = resolve(arguments[0])
+                if resource is None:
+                    continue
+                if name == "replace_status":
+                    needed.add((resource.group, f"{resource.plural}/status", "patch"))
+                for verb in _METHOD_VERBS.get(name, ()):
+                    needed.add((resource.group, resource.plural, verb))
+    return needed
+
+
+def granted_permissions(objects: list[dict[str, Any]], service_account: str) -> set[Permission]:
+    """What the ClusterRoles bound to kube-system/<service_account> allow."""
+    roles = set()
+    for binding in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
+        for subject in binding["subjects"]:
+            if subject == {
+                "kind": "ServiceAccount",
+                "name": service_account,
+                "namespace": NAMESPACE,
+            }:
+                assert binding["roleRef"]["kind"] == "ClusterRole"
+                roles.add(binding["roleRef"]["name"])
+    assert roles, f"nothing is bound to ServiceAccount {service_account}"
+    granted: set[Permission] = set()
+    for role in roles:
+        for rule in find(objects, "ClusterRole", role)["rules"]:
+            assert "resourceNames" not in rule
+            assert "nonResourceURLs" not in rule
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        assert "*" not in (group, resource, verb), f"wildcard in {role}"
+                        granted.add((group, resource, verb))
+    return granted
+
+
+def service_account_of(objects: list[dict[str, Any]], workload: dict[str, Any]) -> str:
+    name = workload["spec"]["template"]["spec"]["serviceAccountName"]
+    find(objects, "ServiceAccount", name)  # it exists, in kube-system
+    return str(name)
+
+
+def python_files(*parts: str) -> list[Path]:
+    where = SRC.joinpath(*parts)
+    if where.is_dir():
+        return sorted(where.glob("*.py"))
+    return [where] if where.exists() else []
+
+
+@needs_kubectl
+def test_driver_rbac_is_exactly_what_the_driver_code_uses(objects: list[dict[str, Any]]) -> None:
+    needed = required_permissions(python_files("driver"))
+    # The scanner found the calls we know of (so an empty scan cannot pass by accident).
+    spc_group = kube.SPC_GROUP
+    assert {
+        (spc_group, "secretproviderclasspodstatuses", "create"),
+        (spc_group, "secretproviderclasses", "watch"),
+        ("", "secrets", "update"),
+        ("", "events", "create"),
+    } <= needed
+    granted = granted_permissions(objects, service_account_of(objects, driver_ds(objects)))
+    assert needed - granted == set(), "the driver needs these and is not granted them"
+    assert granted - needed == set(), "granted but unused by the driver (least privilege)"
+
+
+@needs_kubectl
+def test_provider_rbac_is_exactly_what_the_provider_code_uses(
+    objects: list[dict[str, Any]],
+) -> None:
+    needed = required_permissions(python_files("provider"))
+    assert ("", "serviceaccounts", "watch") in needed
+    granted = granted_permissions(objects, service_account_of(objects, provider_ds(objects)))
+    assert needed == granted
+
+
+@needs_kubectl
+def test_webhook_rbac_only_reads_secretproviderclasses(objects: list[dict[str, Any]]) -> None:
+    """It counts SecretProviderClass objects from a watch cache: list and watch, nothing else."""
+    granted = granted_permissions(objects, service_account_of(objects, webhook_deployment(objects)))
+    assert granted == {(kube.SPC_GROUP, "secretproviderclasses", v) for v in ("list", "watch")}
+    code = python_files("webhook.py") + python_files("webhook")
+    if code:  # once the webhook's code exists, its calls must match too
+        assert required_permissions(code) == granted
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def cpu(quantity: str) -> Fraction:
+    return Fraction(int(quantity[:-1]), 1000) if quantity.endswith("m") else Fraction(quantity)
+
+
+def memory(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+@needs_kubectl
+@pytest.mark.parametrize("daemonset", ["csi-secrets-store", "dew-provider"])
+def test_pod_resources_are_the_guides(objects: list[dict[str, Any]], daemonset: str) -> None:
+    """Table 1: 0.25 vCPU and 0.5 GiB per pod, split over its containers; requests = limits."""
+    containers = find(objects, "DaemonSet", daemonset)["spec"]["template"]["spec"]["containers"]
+    for which in ("requests", "limits"):
+        assert sum(cpu(c["resources"][which]["cpu"]) for c in containers) == GUIDE_POD_CPU
+        assert sum(memory(c["resources"][which]["memory"]) for c in containers) == GUIDE_POD_MEMORY
+    for c in containers:
+        assert c["resources"]["requests"] == c["resources"]["limits"], c["name"]
+    expected_containers = {
+        "csi-secrets-store": ["node-driver-registrar", "secrets-store", "liveness-probe"],
+        "dew-provider": ["dew-provider"],
+    }
+    assert [c["name"] for c in containers] == expected_containers[daemonset]
+
+
+# --------------------------------------------------------------------------- webhook wiring
+
+
+@needs_kubectl
+def test_webhook_configuration_reaches_the_webhook_pod(objects: list[dict[str, Any]]) -> None:
+    deployment = webhook_deployment(objects)
+    c = container(deployment, "webhook")
+    service = find(objects, "Service", "dew-csi-webhook")
+    (hook,) = find(objects, "ValidatingWebhookConfiguration", "dew-csi-webhook")["webhooks"]
+    reference = hook["clientConfig"]["service"]
+    assert (reference["name"], reference["namespace"]) == ("dew-csi-webhook", NAMESPACE)
+    (service_port,) = service["spec"]["ports"]
+    assert reference["port"] == service_port["port"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    listen_port = int(flag(c["args"], "--listen").rpartition(":")[2])
+    assert ports[service_port["targetPort"]] == listen_port
+    tls = mount(c, "tls")
+    assert volume(deployment, "tls")["secret"]["secretName"] == "dew-csi-webhook-tls"
+    for name in ("--tls-cert", "--tls-key"):
+        assert PurePosixPath(flag(c["args"], name)).parent == PurePosixPath(tls["mountPath"])
+    # What and how it validates (failurePolicy: the comment in the manifest says why Ignore).
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["sideEffects"] == "None"
+    (rule,) = hook["rules"]
+    assert rule["apiGroups"] == [kube.SPC_GROUP]
+    assert rule["resources"] == ["secretproviderclasses"]
+    assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+    served = {
+        v["name"]
+        for v in find(
+            objects, "CustomResourceDefinition", f"secretproviderclasses.{kube.SPC_GROUP}"
+        )["spec"]["versions"]
+        if v["served"]
+    }
+    assert set(rule["apiVersions"]) == served
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    result = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, rest = line.strip().partition(" ")
+            result.append((instruction.upper(), " ".join(rest.split())))
+    return result
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[last_from:]
+
+
+def test_dockerfile_builds_on_python_311_slim() -> None:
+    bases = [args.split()[0] for name, args in dockerfile_instructions() if name == "FROM"]
+    assert bases
+    assert all(base == "python:3.11-slim" for base in bases), bases
+
+
+def test_dockerfile_installs_mount_for_the_driver() -> None:
+    runs = [args for name, args in final_stage() if name == "RUN"]
+    apt = [r for r in runs if "apt-get install" in r]
+    assert len(apt) == 1
+    words = apt[0].split()
+    assert "--no-install-recommends" in words
+    assert {"mount", "util-linux"} <= set(words)
+    assert "rm -rf /var/lib/apt/lists/*" in apt[0]
+
+
+def test_dockerfile_installs_the_project_and_runs_dew_csi_as_root() -> None:
+    stage = final_stage()
+    assert any(name == "RUN" and "pip install" in args and ".whl" in args for name, args in stage)
+    entrypoints = [args for name, args in stage if name == "ENTRYPOINT"]
+    assert [json.loads(e) for e in entrypoints] == [["dew-csi"]]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "dew-csi" in pyproject["project"]["scripts"]
+    # The driver must be root (privileged tmpfs mounts): no USER switch in the image.
+    assert [args for name, args in stage if name == "USER"] in ([], ["root"], ["0"])
+
+
+@needs_kubectl
+def test_webhook_uid_exists_in_the_image(objects: list[dict[str, Any]]) -> None:
+    uid = webhook_deployment(objects)["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert any(
+        name == "RUN" and "useradd" in args and f"--uid {uid}" in args
+        for name, args in final_stage()
+    )
+
+
+def test_dockerignore_sends_only_what_the_build_copies() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*"  # an allow-list: .git, .venv, tests, local state stay out
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    copied = set()
+    for name, args in dockerfile_instructions():
+        if name == "COPY" and not args.startswith("--from"):
+            copied |= {source.rstrip("/").removeprefix("./") for source in args.split()[:-1]}
+    assert copied == allowed
+    readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
+    assert readme in allowed  # hatchling reads it to build the wheel
