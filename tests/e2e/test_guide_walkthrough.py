@@ -718,6 +718,7 @@ def test_no_secret_value_in_any_log_or_event(
         "driver.log",
         "kubelet.log",
         "provider.log",
+        "webhook.log",
     ]
     leaks = [
         (where, v)
@@ -726,3 +727,33 @@ def test_no_secret_value_in_any_log_or_event(
         if v in text
     ]
     assert leaks == []
+
+
+BAD_SPC = """\
+apiVersion: secrets-store.csi.x-k8s.io/v1
+kind: SecretProviderClass
+metadata:
+  name: spc-bad
+spec:
+  provider: cce
+  parameters:
+    objects: |
+      - objectName: "secret_1"
+        objectVersion: "v1"
+        objectType: "kms"
+"""
+
+
+def test_a_bad_spc_is_refused_at_kubectl_apply(
+    walk: Walkthrough, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The sandbox registers the admission webhook, so the mistake shows at apply time."""
+    path = tmp_path_factory.mktemp("bad") / "bad.yaml"
+    path.write_text(BAD_SPC)
+    result = walk.kubectl_result("apply", "-f", str(path))
+    assert result.returncode != 0, result.stdout
+    assert 'admission webhook "validation.dew-csi.io" denied the request' in result.stderr
+    assert 'objectType "kms" is not supported' in result.stderr
+    missing = walk.kubectl_result("get", "spc", "spc-bad")
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr or "not found" in missing.stderr

@@ -105,7 +105,7 @@ def test_guide_in_the_sandbox_then_down_leaves_nothing(
         state = json.loads((directory / "sandbox.json").read_text())
         pids = [c["pid"] for c in state["components"].values()]
         assert sorted(state["components"]) == sorted(
-            ["apiserver", "csms", "provider", "driver", "kubelet", "controllers"]
+            ["apiserver", "csms", "provider", "driver", "kubelet", "controllers", "webhook"]
         )
         assert all(is_running(pid) for pid in pids)
         for secret_file in ("csms.env", "kubeconfig"):
@@ -183,6 +183,7 @@ def test_guide_in_the_sandbox_then_down_leaves_nothing(
         "driver",
         "kubelet",
         "controllers",
+        "webhook",
     ]
     assert [pid for pid in pids if is_running(pid)] == []
     assert processes_mentioning(str(directory)) == []

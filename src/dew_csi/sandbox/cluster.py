@@ -10,6 +10,7 @@
 | driver      | `dew-csi driver --sandbox`                | `DIR/plugins/csi.sock`                 |
 | kubelet     | `dew-csi sandbox kubelet` (root `DIR`)    | `DIR/pods/<uid>/...`                   |
 | controllers | `dew-csi sandbox controllers`             |                                        |
+| webhook     | `dew-csi webhook` (needs openssl)         | `DIR/webhook/tls.*`, registered     |
 
 It installs the add-on's CRDs, its CSIDriver object and the `default-secret` the guide's
 `kubectl get secrets` shows, writes `DIR/sandbox.json` (pids, urls, paths), and returns once
@@ -68,7 +69,15 @@ T = TypeVar("T")
 STATE_FORMAT: Final = "dew-csi-sandbox/1"
 DEFAULT_DIRECTORY: Final = "sandbox"
 DIRECTORY_ENV: Final = "DEW_CSI_SANDBOX_DIR"
-COMPONENTS: Final = ("apiserver", "csms", "provider", "driver", "kubelet", "controllers")
+COMPONENTS: Final = (
+    "apiserver",
+    "csms",
+    "provider",
+    "driver",
+    "kubelet",
+    "controllers",
+    "webhook",
+)
 READY_LINES: Final = {
     "apiserver": re.compile(r"dew-csi apiserver listening on (\S+)"),
     "csms": re.compile(r"dew-csi csms-emulator listening on (\S+)"),
@@ -76,7 +85,9 @@ READY_LINES: Final = {
     "driver": re.compile(r"dew-csi driver listening on (\S+)"),
     "kubelet": re.compile(r"dew-csi kubelet ready"),
     "controllers": re.compile(r"dew-csi controllers running"),
+    "webhook": re.compile(r"dew-csi webhook listening on (\S+)"),
 }
+WEBHOOK_NAME: Final = "validation.dew-csi.io"
 LOG_TAIL_LINES: Final = 30
 REPO_ROOT: Final = Path(__file__).resolve().parents[3]
 CRD_DIR: Final = REPO_ROOT / "deploy" / "crds"
@@ -461,7 +472,95 @@ class Sandbox:
         self._wait_ready("kubelet", deadline)
         self._wait_ready("controllers", deadline)
         _run_coroutine(self._check_node)
+        self._start_webhook(cli, deadline)
         self._save()
+
+    def _start_webhook(self, cli: list[str], deadline: float) -> None:
+        """The admission webhook, registered with the API emulator as on a real cluster, so a
+        bad SecretProviderClass is refused at `kubectl apply`. It needs TLS; the certificate is
+        made with openssl, and without openssl the sandbox runs without the webhook."""
+        if shutil.which("openssl") is None:
+            print("admission webhook not started: openssl is not installed", flush=True)
+            return
+        tls = self.directory / "webhook"
+        cert, key = tls / "tls.crt", tls / "tls.key"
+        if not (cert.exists() and key.exists()):
+            tls.mkdir(parents=True, exist_ok=True)
+            made = subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    str(key),
+                    "-out",
+                    str(cert),
+                    "-days",
+                    "365",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if made.returncode != 0:
+                raise self._failure(
+                    "webhook", f"openssl could not make its certificate: {made.stderr}"
+                )
+            key.chmod(0o600)
+        self._spawn(
+            "webhook",
+            [
+                *cli,
+                "webhook",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                str(cert),
+                "--tls-key",
+                str(key),
+                "--kubeconfig",
+                str(self.kubeconfig),
+            ],
+        )
+        url = self._wait_ready("webhook", deadline).group(1)
+        ca_bundle = base64.b64encode(cert.read_bytes()).decode()
+        _run_coroutine(lambda: self._register_webhook(f"{url}/validate", ca_bundle))
+
+    async def _register_webhook(self, url: str, ca_bundle: str) -> None:
+        configuration = {
+            "metadata": {"name": "dew-csi-webhook"},
+            "webhooks": [
+                {
+                    "name": WEBHOOK_NAME,
+                    "clientConfig": {"url": url, "caBundle": ca_bundle},
+                    "rules": [
+                        {
+                            "apiGroups": ["secrets-store.csi.x-k8s.io"],
+                            "apiVersions": ["*"],
+                            "resources": ["secretproviderclasses"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    # As deploy/webhook: the provider enforces the same rules at every mount.
+                    "failurePolicy": "Ignore",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 5,
+                }
+            ],
+        }
+        async with kube.Kube.from_kubeconfig(self.kubeconfig) as client:
+            await _create_or_replace(client, kube.VALIDATING_WEBHOOK_CONFIGURATION, configuration)
 
     def _credentials(self) -> dict[str, str]:
         """The CSMS credentials: those of an earlier run (its state and env file stay valid),
