@@ -37,13 +37,11 @@ import binascii
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any, Final, TextIO
 
 import yaml
@@ -64,7 +62,7 @@ from dew_csi.csms import (
     SecretVersion,
     credentials_from_node_publish_secrets,
 )
-from dew_csi.csms.cli import ENV_ENDPOINT, ENV_PROJECT_ID, ENV_REGION, UsageError, parse_env_file
+from dew_csi.csms.cli import ENV_PROJECT_ID, UsageError, csms_config_from_args
 from dew_csi.provider import mount
 from dew_csi.volume_context import SECRET_PROVIDER_CLASS
 
@@ -197,37 +195,13 @@ def settings_from_args(
     """Like `dew-csi csms`: options, then the --env-file, then the environment. Unlike it, a
     project id is not required here: the credentials may carry one (nodePublishSecretRef
     `project_id`, the ECS metadata service), and a missing one is a failed check."""
-    merged = dict(os.environ if environ is None else environ)
-    env_file = getattr(args, "env_file", None)
-    if env_file:
-        merged.update(parse_env_file(Path(env_file)))
-    endpoint = getattr(args, "endpoint", None)
-    region = getattr(args, "region", None)
-    if endpoint and region:
-        raise UsageError("give either --endpoint or --region, not both")
-    if not endpoint and not region:
-        endpoint = merged.get(ENV_ENDPOINT) or None
-        region = None if endpoint else merged.get(ENV_REGION) or None
-    if not endpoint and not region:
-        raise UsageError(
-            f"where is CSMS? pass --endpoint URL or --region REGION, or --env-file with "
-            f"{ENV_ENDPOINT} (dew-csi sandbox up writes DIR/csms.env)"
-        )
-    config = CsmsClientConfig(
-        region=region,
-        endpoint=endpoint,
-        project_id=getattr(args, "project_id", None) or merged.get(ENV_PROJECT_ID) or None,
-        verify_tls=not getattr(args, "insecure_skip_tls_verify", False),
-        ca_bundle=getattr(args, "ca_file", None),
-        connect_timeout=5.0,
-        read_timeout=10.0,
+    config, merged = csms_config_from_args(
+        args,
+        environ,
         # A check answers quickly: one retry, a short budget.
         retry=RetryPolicy(max_attempts=2, base_delay=0.2, max_delay=1.0, deadline=5.0),
+        read_timeout=10.0,
     )
-    try:
-        config.resolved_endpoint()
-    except ValueError as error:
-        raise UsageError(str(error)) from None
     metadata_url = getattr(args, "metadata_url", None) or DEFAULT_METADATA_URL
     return Settings(
         namespace=getattr(args, "namespace", None) or None,

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import ssl
 import sys
 import time
@@ -47,6 +46,7 @@ from aiohttp import web
 
 from dew_csi import kube
 from dew_csi.logs import fields, setup_logging
+from dew_csi.service import until_terminated
 from dew_csi.spc import Rule, SpcValidationError, is_ours, validate_spc
 
 log = logging.getLogger(__name__)
@@ -556,12 +556,8 @@ async def run(config: WebhookConfig) -> int:
         print(f"dew-csi webhook: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
     print(f"dew-csi webhook listening on {webhook.server.url}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     try:
-        await stopping.wait()
+        await until_terminated()
     finally:
         log.info("Shutting down")
         await webhook.stop()

@@ -74,9 +74,16 @@ class Connection:
     """Where the credentials are read from (the env file over the process environment)."""
 
 
-def connection_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> Connection:
+def csms_config_from_args(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    connect_timeout: float = 5.0,
+    read_timeout: float = 15.0,
+) -> tuple[CsmsClientConfig, dict[str, str]]:
+    """Where CSMS is and how to reach it, from the options, then the --env-file, then the
+    environment; and the merged environment (for credentials). Used by `csms` and `check`."""
     merged = dict(os.environ if environ is None else environ)
     env_file = getattr(args, "env_file", None)
     if env_file:
@@ -99,12 +106,21 @@ def connection_from_args(
         project_id=getattr(args, "project_id", None) or merged.get(ENV_PROJECT_ID) or None,
         verify_tls=not getattr(args, "insecure_skip_tls_verify", False),
         ca_bundle=getattr(args, "ca_file", None),
-        retry=RetryPolicy(max_attempts=3, deadline=15.0),
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retry=retry or RetryPolicy(max_attempts=3, deadline=15.0),
     )
     try:
         config.resolved_endpoint()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    return config, merged
+
+
+def connection_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> Connection:
+    config, merged = csms_config_from_args(args, environ)
     if not config.project_id:
         raise UsageError(
             f"no project id: pass --project-id, set {ENV_PROJECT_ID}, or use --env-file"

@@ -6,14 +6,12 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import grpc
-from prometheus_client import start_http_server
 
 from dew_csi import DRIVER_NAME, __version__, kube
 from dew_csi._proto.csi.v1 import csi_pb2_grpc
@@ -27,6 +25,7 @@ from dew_csi.driver.spc_watch import SpcChangeWatcher
 from dew_csi.driver.volumes import VolumeManager
 from dew_csi.grpc_socket import serve_on_socket, socket_path
 from dew_csi.logs import fields, setup_logging
+from dew_csi.service import serve_metrics, until_terminated
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +141,10 @@ async def run(config: DriverConfig) -> None:
     driver = Driver(config)
     await driver.start()
     if config.metrics_addr:
-        host, _, port = config.metrics_addr.rpartition(":")
-        start_http_server(int(port), addr=host or "0.0.0.0", registry=driver.metrics.registry)
+        serve_metrics(config.metrics_addr, driver.metrics.registry)
     print(f"dew-csi driver listening on {driver.socket}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     try:
-        await stopping.wait()
+        await until_terminated()
     finally:
         await driver.stop()
 

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import grpc
-from prometheus_client import start_http_server
 
 from dew_csi import PROVIDER_NAME, kube
 from dew_csi._proto.provider.v1alpha1 import service_pb2_grpc
@@ -34,6 +32,7 @@ from dew_csi.provider.cache import SecretCache
 from dew_csi.provider.metrics import ProviderMetrics
 from dew_csi.provider.mount import CsmsAccess, Mounter
 from dew_csi.provider.server import ProviderServicer
+from dew_csi.service import serve_metrics, until_terminated
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +174,14 @@ def config_from_args(args: argparse.Namespace) -> ProviderConfig:
     )
 
 
-def _start_metrics_server(address: str, provider: Provider) -> None:
-    host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0", registry=provider.metrics.registry)
-
-
 async def run(config: ProviderConfig) -> None:
     provider = Provider(config)
     await provider.start()
     if config.metrics_addr:
-        _start_metrics_server(config.metrics_addr, provider)
+        serve_metrics(config.metrics_addr, provider.metrics.registry)
     print(f"dew-provider listening on {config.socket_path}", flush=True)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
     try:
-        await stopping.wait()
+        await until_terminated()
     finally:
         log.info("Shutting down")
         await provider.stop()
