@@ -228,6 +228,15 @@ async def test_per_volume_credentials_from_node_publish_secret(cluster: Cluster)
     assert "'sk'" in message
 
 
+async def test_secret_binary_is_written_decoded(cluster: Cluster) -> None:
+    binary = bytes(range(256)) + b"\x00\xff keystore"
+    cluster.csms.emulator.set_secret_versions("secret_2", [binary])
+    objects = "- {objectName: secret_2, objectType: csms, objectVersion: v1, objectAlias: ks.p12}"
+    response = await cluster.stub.Mount(mount_request(objects))
+    assert files_of(response) == {"ks.p12": (0o644, binary)}
+    assert versions_of(response) == [("ks.p12", "v1")]
+
+
 async def test_file_permission_overrides_the_request_permission(cluster: Cluster) -> None:
     objects = GUIDE_SPC_OBJECTS + '        filePermission: "0600"\n'
     response = await cluster.stub.Mount(mount_request(objects, permission="420"))
