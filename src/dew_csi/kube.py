@@ -596,7 +596,7 @@ class WatchCache:
             except Gone:
                 log.info("%s watch expired (410 Gone); listing again", self.resource.kind)
                 need_list = True
-            except (KubeUnavailable, KubeError) as error:
+            except KubeError as error:
                 delay = self._backoff.next_delay()
                 log.warning(
                     "%s watch interrupted (%s); retrying in %.2fs",
@@ -604,6 +604,13 @@ class WatchCache:
                     error,
                     delay,
                 )
+                await asyncio.sleep(delay)
+            except Exception:
+                # Anything else (a malformed event, a client bug) must not end the cache for
+                # good: its readers would silently see a frozen world. List again after a pause.
+                delay = self._backoff.next_delay()
+                log.exception("%s watch failed; listing again in %.2fs", self.resource.kind, delay)
+                need_list = True
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> None:

@@ -640,3 +640,13 @@ def test_fuzzed_objects_only_ever_give_validation_errors(
 async def _create_service_account(url: str) -> None:
     async with kube.Kube.from_url(url) as client:
         await client.create(kube.SERVICE_ACCOUNT, service_account(SA_ANNOTATION))
+
+
+async def test_api_server_outage_is_unavailable_not_unknown(cluster: Cluster) -> None:
+    # A ServiceAccount the provider's cache has not seen must be read from the API, which is down.
+    cluster.api.stop()
+    code, message = await refused(
+        cluster, mount_request(GUIDE_SPC_OBJECTS, service_account="not-cached")
+    )
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert 'ServiceAccount "default/not-cached"' in message

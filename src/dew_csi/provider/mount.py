@@ -41,6 +41,7 @@ from dew_csi.csms import (
     Throttled,
     VersionNotFound,
 )
+from dew_csi.kube import KubeError
 from dew_csi.logs import fields
 from dew_csi.provider.cache import CacheKey, SecretCache
 from dew_csi.volume_context import (
@@ -331,7 +332,15 @@ class Mounter:
             ),
         )
         objects = self._objects(request)
-        authorise(objects, await self._service_account(namespace, account), namespace, account)
+        try:
+            service_account = await self._service_account(namespace, account)
+        except KubeError as error:
+            raise MountError(
+                Status.UNAVAILABLE,
+                f'cannot read ServiceAccount "{namespace}/{account}" to check its '
+                f"{WHITELIST_ANNOTATION} whitelist: {error.message}",
+            ) from None
+        authorise(objects, service_account, namespace, account)
         try:
             access = await self._csms_access(request.node_publish_secrets)
         except CredentialsError as error:
