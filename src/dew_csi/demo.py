@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import os
 import re
@@ -1167,6 +1168,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    # Each step's output should appear as it happens, also through a pipe (`make demo | tee`).
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     try:
         options = options_from_args(args)
     except ValueError as error:
