@@ -149,6 +149,19 @@ def _add_sandbox_cluster(
     _bind(controllers, "dew_csi.sandbox.controllers:run_from_args")
 
 
+def _add_csms_connection_options(parser: argparse.ArgumentParser) -> None:
+    """Where CSMS is and how to reach it: the same options for `csms` and `check`."""
+    parser.add_argument(
+        "--env-file", help="KEY=value file with CSMS_ENDPOINT and HUAWEICLOUD_SDK_* (csms.env)"
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--endpoint", help="CSMS endpoint URL (else $CSMS_ENDPOINT)")
+    where.add_argument("--region", help="Huawei Cloud region, e.g. cn-north-4")
+    parser.add_argument("--project-id", help="project id (else $HUAWEICLOUD_SDK_PROJECT_ID)")
+    parser.add_argument("--ca-file", help="CA bundle to verify the CSMS endpoint with")
+    parser.add_argument("--insecure-skip-tls-verify", action="store_true", help="testing only")
+
+
 def _add_csms(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`csms put|get|list`; connection options go before or after the subcommand."""
 
@@ -158,15 +171,7 @@ def _add_csms(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
         options = argparse.ArgumentParser(
             add_help=False, argument_default=argparse.SUPPRESS if repeated else None
         )
-        options.add_argument(
-            "--env-file", help="KEY=value file with CSMS_ENDPOINT and HUAWEICLOUD_SDK_* (csms.env)"
-        )
-        where = options.add_mutually_exclusive_group()
-        where.add_argument("--endpoint", help="CSMS endpoint URL (else $CSMS_ENDPOINT)")
-        where.add_argument("--region", help="Huawei Cloud region, e.g. cn-north-4")
-        options.add_argument("--project-id", help="project id (else $HUAWEICLOUD_SDK_PROJECT_ID)")
-        options.add_argument("--ca-file", help="CA bundle to verify the endpoint with")
-        options.add_argument("--insecure-skip-tls-verify", action="store_true", help="testing only")
+        _add_csms_connection_options(options)
         return options
 
     connection = connection_options(repeated=False)
@@ -368,13 +373,7 @@ def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         )
         common.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig's)")
         common.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG, ~/.kube)")
-        common.add_argument(
-            "--env-file", help="KEY=value file with CSMS_ENDPOINT and HUAWEICLOUD_SDK_* (csms.env)"
-        )
-        where = common.add_mutually_exclusive_group()
-        where.add_argument("--endpoint", help="CSMS endpoint URL (else $CSMS_ENDPOINT)")
-        where.add_argument("--region", help="Huawei Cloud region, e.g. cn-north-4")
-        common.add_argument("--project-id", help="project id (else $HUAWEICLOUD_SDK_PROJECT_ID)")
+        _add_csms_connection_options(common)
         common.add_argument(
             "--credentials-dir",
             help="directory with files ak, sk[, security_token, project_id], as the provider's",
@@ -384,8 +383,6 @@ def _add_check(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
             help="ECS metadata service for agency credentials (default http://169.254.169.254); "
             "'none' disables it",
         )
-        common.add_argument("--ca-file", help="CA bundle to verify the CSMS endpoint with")
-        common.add_argument("--insecure-skip-tls-verify", action="store_true", help="testing only")
         common.add_argument("--plain", action="store_true", help="OK/FAIL/SKIP instead of marks")
         common.add_argument(
             "-v", "--verbose", action="store_true", help="log CSMS retries to stderr"
