@@ -450,6 +450,17 @@ def _raise_errors(error: Exception, count: int) -> OnErrorResult:
     return OnErrorResult(OnErrorAction.RAISE)
 
 
+def involved_object(resource: Resource, metadata: Mapping[str, Any]) -> KubeObject:
+    """What an Event points at: kind, apiVersion and the identifying metadata of an object.
+    Kind and apiVersion come from `resource`, as built-in list items carry neither."""
+    keys = ("name", "namespace", "uid", "resourceVersion")
+    return {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {k: metadata[k] for k in keys if metadata.get(k) is not None},
+    }
+
+
 def object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
     """(namespace, name) of an object; namespace is "" for cluster-scoped objects."""
     metadata = obj.get("metadata", {})

@@ -114,11 +114,9 @@ class MountedVolume:
 
     @property
     def pod_reference(self) -> KubeObject:
-        return {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": self.pod_name, "namespace": self.namespace, "uid": self.pod_uid},
-        }
+        return kube.involved_object(
+            kube.POD, {"name": self.pod_name, "namespace": self.namespace, "uid": self.pod_uid}
+        )
 
 
 @dataclass(frozen=True)
@@ -520,9 +518,14 @@ class VolumeManager:
     async def _event(
         self, volume: MountedVolume, reason: str, message: str, *, warning: bool = False
     ) -> None:
+        await self._pod_event(volume.pod_reference, reason, message, warning=warning)
+
+    async def _pod_event(
+        self, pod: KubeObject, reason: str, message: str, *, warning: bool = False
+    ) -> None:
         try:
             await self._kube.record_event(
-                volume.pod_reference,
+                pod,
                 reason=reason,
                 message=message,
                 warning=warning,
@@ -538,24 +541,10 @@ class VolumeManager:
         if self._last_failure.get(request.target_path) == message:
             return
         self._last_failure[request.target_path] = message
-        try:
-            await self._kube.record_event(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": request.pod_name,
-                        "namespace": request.namespace,
-                        "uid": request.pod_uid,
-                    },
-                },
-                reason="FailedToMountSecrets",
-                message=message,
-                warning=True,
-                host=self.node_id,
-            )
-        except kube.KubeError as error:
-            log.warning("could not record the mount failure event: %s", error)
+        pod = {"name": request.pod_name, "namespace": request.namespace, "uid": request.pod_uid}
+        await self._pod_event(
+            kube.involved_object(kube.POD, pod), "FailedToMountSecrets", message, warning=True
+        )
 
 
 _GRPC_CODE_NAMES: Final = frozenset(

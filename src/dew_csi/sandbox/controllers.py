@@ -676,19 +676,10 @@ class WorkloadControllers:
         warning: bool = False,
     ) -> None:
         meta = obj["metadata"]
-        kind = "Deployment" if component == "deployment-controller" else "ReplicaSet"
+        resource = kube.DEPLOYMENT if component == "deployment-controller" else kube.REPLICA_SET
         try:
             await self._kube.record_event(
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": kind,
-                    "metadata": {
-                        "name": meta["name"],
-                        "namespace": meta["namespace"],
-                        "uid": meta["uid"],
-                        "resourceVersion": meta.get("resourceVersion"),
-                    },
-                },
+                kube.involved_object(resource, meta),
                 reason=reason,
                 message=message,
                 warning=warning,

@@ -1196,16 +1196,7 @@ class KubeletSimulator:
                 except kube.NotFound:
                     pass
             created = await self._kube.record_event(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": meta["name"],
-                        "namespace": meta["namespace"],
-                        "uid": meta["uid"],
-                        "resourceVersion": meta.get("resourceVersion"),
-                    },
-                },
+                kube.involved_object(kube.POD, meta),
                 reason=reason,
                 message=message,
                 warning=warning,
