@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +240,181 @@ async def test_events_are_recorded_against_the_object(client: Kube) -> None:
         ("FailedMount", "Warning", "no such secret")
     ]
     assert events[0]["involvedObject"]["uid"] == pod["metadata"]["uid"]
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 3, 21, 13, 49, 29, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+async def make_pod(client: Kube, name: str = "web") -> dict[str, Any]:
+    return await client.create(
+        POD, {"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    )
+
+
+async def events_about(client: Kube, name: str) -> list[dict[str, Any]]:
+    events, _ = await client.list_objects(
+        kube.EVENT, "default", fields={"involvedObject.name": name}
+    )
+    return sorted(events, key=lambda e: (e["reason"], e["message"]))
+
+
+async def test_a_repeated_event_is_one_event_with_a_count(client: Kube) -> None:
+    """client-go's de-duplication: the same Event recorded 4 times is one Event, count 4."""
+    pod = await make_pod(client)
+    clock = Clock()
+    recorder = kube.EventRecorder(client, clock=clock)
+    for _ in range(4):
+        await recorder.record(pod, reason="FailedToMountSecrets", message="boom", warning=True)
+        clock.advance(3)
+    [event] = await events_about(client, "web")
+    assert event["count"] == 4
+    assert event["firstTimestamp"] == "2026-03-21T13:49:29Z"
+    assert event["lastTimestamp"] == "2026-03-21T13:49:38Z"  # the 4th, 9 s after the 1st
+    assert (event["type"], event["reason"], event["message"]) == (
+        "Warning",
+        "FailedToMountSecrets",
+        "boom",
+    )
+    # client-go's name: <object name>.<hex nanoseconds>.
+    assert re.fullmatch(r"web\.[0-9a-f]{15,16}", event["metadata"]["name"])
+    assert not {"series", "eventTime"} & set(event)  # a core/v1 Event of the legacy recorder
+
+
+async def test_record_event_on_the_client_aggregates_too(client: Kube) -> None:
+    """`Kube.record_event`, which the driver, kubelet simulator and controllers call, keeps its
+    signature and now aggregates: kubelet-style retries no longer pile up Events."""
+    pod = await make_pod(client)
+    for _ in range(4):
+        await client.record_event(pod, reason="MountRotationFailed", message="m", warning=True)
+    [event] = await events_about(client, "web")
+    assert event["count"] == 4
+
+
+async def test_events_that_differ_are_separate_events(client: Kube) -> None:
+    pod = await make_pod(client)
+    other = await make_pod(client, "other")
+    recorder = kube.EventRecorder(client, clock=Clock())
+    await recorder.record(pod, reason="R", message="first")
+    await recorder.record(pod, reason="R", message="second")
+    await recorder.record(pod, reason="R", message="first", warning=True)  # another type
+    await recorder.record(pod, reason="Q", message="first")  # another reason
+    await recorder.record(pod, reason="R", message="first", component="kubelet")  # source
+    await recorder.record(other, reason="R", message="first")  # another object
+    await recorder.record(pod, reason="R", message="first")  # a repeat: counted
+    events = await events_about(client, "web")
+    assert sorted(
+        (e["reason"], e["message"], e["type"], e["source"]["component"], e["count"]) for e in events
+    ) == [
+        ("Q", "first", "Normal", "csi-secrets-store", 1),
+        ("R", "first", "Normal", "csi-secrets-store", 2),
+        ("R", "first", "Normal", "kubelet", 1),
+        ("R", "first", "Warning", "csi-secrets-store", 1),
+        ("R", "second", "Normal", "csi-secrets-store", 1),
+    ]
+    assert [e["count"] for e in await events_about(client, "other")] == [1]
+
+
+async def test_a_deleted_event_is_created_again(client: Kube) -> None:
+    """The patch answers 404 (the Event expired or was deleted): client-go creates it again
+    under its old name, keeping the running count and the first timestamp."""
+    pod = await make_pod(client)
+    clock = Clock()
+    recorder = kube.EventRecorder(client, clock=clock)
+    first = await recorder.record(pod, reason="R", message="m")
+    clock.advance(5)
+    await recorder.record(pod, reason="R", message="m")
+    name = first["metadata"]["name"]
+    assert await client.delete(kube.EVENT, name, "default")
+    clock.advance(5)
+    again = await recorder.record(pod, reason="R", message="m")
+    [event] = await events_about(client, "web")
+    assert event["metadata"]["uid"] == again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert event["metadata"]["name"] == name
+    assert event["count"] == 3
+    assert (event["firstTimestamp"], event["lastTimestamp"]) == (
+        "2026-03-21T13:49:29Z",
+        "2026-03-21T13:49:39Z",
+    )
+    clock.advance(5)
+    await recorder.record(pod, reason="R", message="m")  # and it is patched from then on
+    [event] = await events_about(client, "web")
+    assert (event["metadata"]["uid"], event["count"]) == (again["metadata"]["uid"], 4)
+
+
+async def test_concurrent_identical_records_make_one_event(client: Kube) -> None:
+    pod = await make_pod(client)
+    await asyncio.gather(
+        *(client.record_event(pod, reason="R", message="m", warning=True) for _ in range(20))
+    )
+    [event] = await events_about(client, "web")
+    assert event["count"] == 20
+    # Different Events recorded concurrently are all written, each once.
+    await asyncio.gather(
+        *(client.record_event(pod, reason="S", message=f"m{i % 3}") for i in range(9))
+    )
+    assert sorted((e["message"], e["count"]) for e in await events_about(client, "web")) == [
+        ("m", 20),
+        ("m0", 3),
+        ("m1", 3),
+        ("m2", 3),
+    ]
+
+
+async def test_many_distinct_messages_are_combined_into_one_event(client: Kube) -> None:
+    """client-go's aggregation: from the 10th distinct message of one kind of Event within
+    10 minutes, one combined Event counts them (and shows the latest message)."""
+    pod = await make_pod(client)
+    clock = Clock()
+    recorder = kube.EventRecorder(client, clock=clock)
+    for i in range(1, 13):
+        await recorder.record(pod, reason="R", message=f"error {i}")
+        clock.advance(1)
+    events = await events_about(client, "web")
+    combined = [e for e in events if e["message"].startswith("(combined")]
+    assert len(events) == 10  # 9 on their own, then one combined
+    assert [(e["message"], e["count"]) for e in combined] == [
+        ("(combined from similar events): error 12", 3)
+    ]
+    # Ten minutes of quiet start the count of distinct messages afresh.
+    clock.advance(601)
+    await recorder.record(pod, reason="R", message="error 13")
+    assert "error 13" in [e["message"] for e in await events_about(client, "web")]
+
+
+async def test_the_recorder_remembers_a_bounded_number_of_events(client: Kube) -> None:
+    pod = await make_pod(client)
+    recorder = kube.EventRecorder(client, cache_size=2, clock=Clock())
+    for reason in ("A", "B", "C"):
+        await recorder.record(pod, reason=reason, message="m")
+    assert recorder.cached == 2
+    await recorder.record(pod, reason="C", message="m")  # still remembered: counted
+    await recorder.record(pod, reason="A", message="m")  # forgotten: a new Event, as client-go
+    counts = sorted((e["reason"], e["count"]) for e in await events_about(client, "web"))
+    assert counts == [("A", 1), ("A", 1), ("B", 1), ("C", 2)]
+    assert recorder.cached == 2
+
+
+async def test_events_about_cluster_scoped_objects_live_in_default(client: Kube) -> None:
+    """As client-go writes them: Event in "default", involvedObject without a namespace (so
+    `kubectl describe node` finds them)."""
+    node = await client.create(kube.NODE, {"metadata": {"name": "node-1"}})
+    await client.record_event(
+        kube.involved_object(kube.NODE, node["metadata"]), reason="R", message="m"
+    )
+    [event] = await events_about(client, "node-1")
+    assert event["metadata"]["namespace"] == "default"
+    assert "namespace" not in event["involvedObject"]
+    assert event["involvedObject"]["kind"] == "Node"
 
 
 async def test_unreachable_server_is_a_typed_error() -> None:

@@ -243,14 +243,31 @@ def _node_cells(obj: Obj, now: datetime) -> list[Any]:
 
 
 def _event_cells(obj: Obj, now: datetime) -> list[Any]:
+    """The real printEvent, wide (the server always sends the wide cells; kubectl shows the
+    priority-1 ones, FIRST SEEN and COUNT among them, with `-o wide`)."""
     involved = as_dict(obj.get("involvedObject"))
-    last = obj.get("lastTimestamp") or obj.get("eventTime") or meta_of(obj).get("creationTimestamp")
+    series = as_dict(obj.get("series"))
+    first = age(obj.get("firstTimestamp") or obj.get("eventTime"), now)
+    last = age(obj["lastTimestamp"], now) if obj.get("lastTimestamp") else first
+    count = obj.get("count") or 1  # singleton events of the events.k8s.io API carry none
+    if series:
+        last = age(series.get("lastObservedTime"), now)
+        count = series.get("count") or 0
+    kind = str(involved.get("kind", "")).lower()
+    source = as_dict(obj.get("source"))
+    component = source.get("component") or obj.get("reportingComponent") or ""
+    instance = source.get("host") or obj.get("reportingInstance") or ""
     return [
-        age(last, now),
+        last,
         obj.get("type", ""),
         obj.get("reason", ""),
-        f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
-        obj.get("message", ""),
+        f"{kind}/{involved['name']}" if involved.get("name") else kind,
+        involved.get("fieldPath", ""),
+        f"{component}, {instance}" if instance else component,
+        str(obj.get("message", "")).strip(),
+        first,
+        int(count),
+        _name(obj),
     ]
 
 
@@ -299,7 +316,12 @@ _BUILTIN: dict[tuple[str, str], tuple[list[Obj], Cells]] = {
             column("Type"),
             column("Reason"),
             column("Object"),
+            column("Subobject", priority=1),
+            column("Source", priority=1),
             column("Message"),
+            column("First Seen", priority=1),
+            column("Count", priority=1),
+            column("Name", fmt="name", priority=1, description=_NAME_DESC),
         ],
         _event_cells,
     ),
