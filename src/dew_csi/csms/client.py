@@ -645,14 +645,13 @@ class CsmsClient:
         request_id = response.headers.get("X-Request-Id")
         detail = f"HTTP {status}" + (f" {code}" if code else "")
         detail += f": {message}" if message else ""
-        suffix = f" [request id {request_id}]" if request_id else ""
         where = self._describe(call)
         kwargs: dict[str, Any] = {"status": status, "error_code": code, "request_id": request_id}
         if status in (401, 403):
             return _Failure(
                 AuthenticationFailed(
                     f"{where}: CSMS refused the credentials from {credentials.source} (AK "
-                    f"{credentials.ak}, project {project_id}; {detail}){suffix}. Check the "
+                    f"{credentials.ak}, project {project_id}; {detail}). Check the "
                     f"AK/SK pair, the security token and its expiry, that the project id belongs "
                     f"to the region, the IAM permissions for CSMS, and the node clock (requests "
                     f"more than 15 minutes off are refused)",
@@ -663,7 +662,7 @@ class CsmsClient:
         if status == 429:
             return _Failure(
                 Throttled(
-                    f"{where}: CSMS is throttling requests ({detail}){suffix}; reduce the "
+                    f"{where}: CSMS is throttling requests ({detail}); reduce the "
                     f"request rate (longer rotation interval, fewer objects) or retry later",
                     **kwargs,
                 ),
@@ -675,30 +674,30 @@ class CsmsClient:
             note = "" if retryable else " (a create is not retried: it may have been applied)"
             return _Failure(
                 CsmsUnavailable(
-                    f"{where}: CSMS at {self._endpoint} is failing ({detail}){suffix}{note}",
+                    f"{where}: CSMS at {self._endpoint} is failing ({detail}){note}",
                     **kwargs,
                 ),
                 retryable=retryable,
             )
         if status == 404 or code in NOT_FOUND_CODES:
-            return _Failure(self._not_found(call, code, detail, suffix, kwargs), retryable=False)
+            return _Failure(self._not_found(call, code, detail, kwargs), retryable=False)
         return _Failure(
-            InvalidRequest(f"{where}: CSMS refused the request ({detail}){suffix}", **kwargs),
+            InvalidRequest(f"{where}: CSMS refused the request ({detail})", **kwargs),
             retryable=False,
         )
 
     def _not_found(
-        self, call: _Call, code: str | None, detail: str, suffix: str, kwargs: dict[str, Any]
+        self, call: _Call, code: str | None, detail: str, kwargs: dict[str, Any]
     ) -> CsmsError:
         name = call.secret_name
         if call.version_id is None or code == SECRET_NOT_FOUND_CODE:
             return SecretNotFound(
-                f"CSMS secret {name!r} does not exist ({detail}){suffix}; check the secret "
+                f"CSMS secret {name!r} does not exist ({detail}); check the secret "
                 f"name, the region and the project",
                 **kwargs,
             )
         return VersionNotFound(
-            f"CSMS secret {name!r} has no version {call.version_id!r} ({detail}){suffix}; "
+            f"CSMS secret {name!r} has no version {call.version_id!r} ({detail}); "
             f"check objectVersion against the secret's versions, or use 'latest'",
             **kwargs,
         )

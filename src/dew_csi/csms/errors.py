@@ -1,8 +1,13 @@
 """Typed errors raised by the CSMS client and the credential sources.
 
 Every message is meant to be shown to a user (in `kubectl describe pod`, in logs) and says what
-to check next. Messages carry identifiers (secret name, version id, AK, project id, request id)
-but never a secret value, a secret key or a security token.
+to check next. Messages carry identifiers (secret name, version id, AK, project id) but never a
+secret value, a secret key or a security token.
+
+The CSMS request id of a failed response is not in `message`: that text reaches Events and
+kubelet's FailedMount, where an id that differs on every retry would defeat their
+de-duplication. It is kept in `request_id`, and `str(error)` appends it, for log lines and
+command-line output (what Huawei Cloud support asks for).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ class CsmsError(Exception):
         self.request_id = request_id
 
     def __str__(self) -> str:
-        return self.message
+        """`message`, plus the request id when there is one: for logs, not for Events."""
+        return f"{self.message} [request id {self.request_id}]" if self.request_id else self.message
 
     def __repr__(self) -> str:
         return (

@@ -349,7 +349,7 @@ class Mounter:
                 if request.node_publish_secrets is not None
                 else Status.FAILED_PRECONDITION
             )
-            raise MountError(status, f"CSMS credentials: {error}") from None
+            raise MountError(status, f"CSMS credentials: {error.message}") from None
 
         outcomes = await asyncio.gather(
             *(self._read(access, obj) for obj in objects), return_exceptions=True
@@ -395,6 +395,16 @@ class Mounter:
                 ),
             )
         except CsmsError as error:
+            log.warning(
+                "Get secret failed",
+                # The request id (for Huawei Cloud support) is here, not in the error message.
+                extra=fields(
+                    name=obj.object_name,
+                    version=obj.object_version,
+                    error=error.message,
+                    **({"request_id": error.request_id} if error.request_id else {}),
+                ),
+            )
             raise mount_error_from_csms(obj, error) from None
         version = lookup.value
         if lookup.from_cache and not obj.is_latest:
@@ -432,18 +442,19 @@ def _required(request: MountInput, key: str) -> str:
 def mount_error_from_csms(obj: spc.SecretObject, error: CsmsError) -> MountError:
     """The MountError for a failed CSMS read; `dew-csi check` uses it too, so both say the same."""
     subject = f'secret "{obj.object_name}" version {obj.object_version}'
+    text = error.message  # no request id: Mounter._read logs it
     if isinstance(error, SecretNotFound):
         return MountError(
-            Status.NOT_FOUND, f'secret "{obj.object_name}" does not exist in CSMS: {error}'
+            Status.NOT_FOUND, f'secret "{obj.object_name}" does not exist in CSMS: {text}'
         )
     if isinstance(error, VersionNotFound):
-        return MountError(Status.NOT_FOUND, f"{subject} does not exist in CSMS: {error}")
+        return MountError(Status.NOT_FOUND, f"{subject} does not exist in CSMS: {text}")
     if isinstance(error, AuthenticationFailed):
-        return MountError(Status.UNAUTHENTICATED, f"CSMS refused the credentials: {error}")
+        return MountError(Status.UNAUTHENTICATED, f"CSMS refused the credentials: {text}")
     if isinstance(error, CredentialsError):
-        return MountError(Status.FAILED_PRECONDITION, f"CSMS credentials: {error}")
+        return MountError(Status.FAILED_PRECONDITION, f"CSMS credentials: {text}")
     if isinstance(error, InvalidRequest):
-        return MountError(Status.INVALID_ARGUMENT, f"CSMS refused reading {subject}: {error}")
+        return MountError(Status.INVALID_ARGUMENT, f"CSMS refused reading {subject}: {text}")
     if isinstance(error, Throttled | CsmsUnavailable):
-        return MountError(Status.UNAVAILABLE, f"CSMS is unavailable reading {subject}: {error}")
-    return MountError(Status.UNAVAILABLE, f"reading {subject} from CSMS failed: {error}")
+        return MountError(Status.UNAVAILABLE, f"CSMS is unavailable reading {subject}: {text}")
+    return MountError(Status.UNAVAILABLE, f"reading {subject} from CSMS failed: {text}")
