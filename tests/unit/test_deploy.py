@@ -524,6 +524,8 @@ def required_permissions(paths: list[Path]) -> set[Permission]:
             arguments = [*node.args, *(k.value for k in node.keywords if k.arg == "resource")]
             if name == "record_event":
                 needed.add(("", "events", "create"))
+                # A repeated Event is patched (count, lastTimestamp): kube.EventRecorder.
+                needed.add(("", "events", "patch"))
             elif name == "WatchCache":
                 for resource in filter(None, map(resolve, arguments[1:])):
                     needed |= {(resource.group, resource.plural, v) for v in ("list", "watch")}
@@ -587,6 +589,7 @@ def test_driver_rbac_is_exactly_what_the_driver_code_uses(objects: list[dict[str
         (spc_group, "secretproviderclasses", "watch"),
         ("", "secrets", "update"),
         ("", "events", "create"),
+        ("", "events", "patch"),
     } <= needed
     granted = granted_permissions(objects, service_account_of(objects, driver_ds(objects)))
     assert needed - granted == set(), "the driver needs these and is not granted them"
@@ -611,6 +614,73 @@ def test_webhook_rbac_only_reads_secretproviderclasses(objects: list[dict[str, A
     code = python_files("webhook.py") + python_files("webhook")
     if code:  # once the webhook's code exists, its calls must match too
         assert required_permissions(code) == granted
+
+
+AGGREGATE_LABEL = "rbac.authorization.k8s.io/aggregate-to-{}"
+READ_VERBS = frozenset({"get", "list", "watch"})
+SPC_EDIT_VERBS = READ_VERBS | {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def aggregated_to(objects: list[dict[str, Any]], built_in: str) -> list[dict[str, Any]]:
+    """The ClusterRoles deploy/ aggregates into the built-in admin, edit or view role."""
+    label = AGGREGATE_LABEL.format(built_in)
+    return [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and o["metadata"].get("labels", {}).get(label) == "true"
+    ]
+
+
+def role_grants(role: dict[str, Any]) -> set[Permission]:
+    granted: set[Permission] = set()
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), f"wildcard in {role['metadata']}"
+                    granted.add((group, resource, verb))
+    return granted
+
+
+@needs_kubectl
+def test_users_get_secretproviderclass_rights_through_the_built_in_roles(
+    objects: list[dict[str, Any]],
+) -> None:
+    """As upstream ships them: admin and edit may create, change and delete SecretProviderClasses
+    in their namespaces; view (which admin and edit include) may read SPCs and their pod
+    statuses. Without these, a namespace editor cannot create an SPC."""
+    spc, spcps = "secretproviderclasses", "secretproviderclasspodstatuses"
+    admin, edit, view = (aggregated_to(objects, r) for r in ("admin", "edit", "view"))
+    assert len(edit) == 1
+    assert admin == edit  # one role for both, as upstream's secretproviderclasses-admin-role
+    assert role_grants(edit[0]) == {(kube.SPC_GROUP, spc, v) for v in SPC_EDIT_VERBS}
+    assert len(view) == 1
+    assert role_grants(view[0]) == {
+        (kube.SPC_GROUP, r, v) for r in (spc, spcps) for v in READ_VERBS
+    }
+    # They are for aggregation only: nothing binds them directly.
+    names = {r["metadata"]["name"] for r in (*edit, *view)}
+    for binding in (o for o in objects if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert binding["roleRef"]["name"] not in names
+
+
+@needs_kubectl
+def test_no_user_role_writes_pod_statuses_or_touches_secrets(objects: list[dict[str, Any]]) -> None:
+    """SecretProviderClassPodStatus is written by the driver alone; Secrets stay with the
+    built-in roles' own rules."""
+    user_roles = {
+        role["metadata"]["name"]: role
+        for built_in in ("admin", "edit", "view")
+        for role in aggregated_to(objects, built_in)
+    }
+    assert user_roles
+    for name, role in user_roles.items():
+        for _group, resource, verb in role_grants(role):
+            assert resource != "secrets", f"{name} grants {verb} on Secrets"
+            if resource.startswith("secretproviderclasspodstatuses"):
+                assert verb in READ_VERBS, f"{name} grants {verb} on {resource}"
 
 
 # --------------------------------------------------------------------------- resources
