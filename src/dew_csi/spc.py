@@ -8,24 +8,39 @@ Every problem raises `SpcValidationError`: a one-sentence message naming the Sec
 the object and the rule, plus a short `rule` code. Checks run in document order, so the first
 problem reported is always the same one. Messages quote names, keys and the short enumerated
 settings (provider, objectType, objectVersion, filePermission) only; the objects YAML holds
-secret names, never secret values, but a message never echoes YAML text beyond that.
+secret names, never secret values, but a message never echoes YAML text beyond that. Quoted
+names have control characters and lone surrogates escaped (`logs.quote`), so a message is always
+one printable line that gRPC, an Event and a log can carry.
+
+`parameters.objects` is bounded, so that no SecretProviderClass can stall the components that
+parse it (the provider on every mount, the webhook, the driver). In this order, and before any
+YAML is built:
+1. its size: at most `MAX_OBJECTS_BYTES` bytes of UTF-8, checked before any parsing;
+2. a bounded scan of the YAML events (libyaml's parser when PyYAML has it, which it does in the
+   official wheels): at most `MAX_OBJECTS` list entries and at most `MAX_YAML_NODES` values once
+   aliases are expanded (so a small "billion laughs" document of nested aliases is refused
+   after a few events), and no alias inside the node it names. The scan stops at the first
+   event past a bound, so refusing costs little whatever the document holds.
+Only then is the YAML loaded (with libyaml too) and validated.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import yaml
 import yaml.constructor
+import yaml.events
 import yaml.nodes
 import yaml.reader
+
+from dew_csi.logs import quote
 
 PROVIDER = "cce"
 OBJECT_TYPE_CSMS = "csms"
@@ -40,6 +55,18 @@ OBJECT_KEYS = (
     "filePermission",
 )
 JMES_PATH_KEYS = ("path", "objectAlias")
+
+# Bounds on parameters.objects (README "Limits"). A real SecretProviderClass is a few hundred
+# bytes to a few KiB. 500 objects is every secret a CSMS project can hold (its quota), and object
+# names are unique within a class, so no working class lists more; 256 KiB is 500 objects of
+# about 500 bytes each, alias, filePermission and jmesPath entries included; 20000 values is 500
+# objects with seven jmesPath entries each. The API server would take 1.5 MiB.
+MAX_OBJECTS_BYTES: Final = 256 * 1024
+MAX_OBJECTS: Final = 500
+MAX_YAML_NODES: Final = 20_000
+# CSMS's own rule for secret names (reference/csms-api.md; the console also allows ".").
+OBJECT_NAME_RULE: Final = "1 to 64 letters, digits, '.', '_' or '-'"
+_OBJECT_NAME = re.compile(r"[a-zA-Z0-9._-]{1,64}")
 
 _VERSION_ID = re.compile(r"v[0-9]+")
 _OCTAL_MODE = re.compile(r"[0-7]{1,4}")
@@ -67,6 +94,9 @@ class Rule(StrEnum):
     PROVIDER_UNSUPPORTED = "provider-unsupported"
     OBJECTS_MISSING = "objects-missing"
     OBJECTS_NOT_STRING = "objects-not-string"
+    OBJECTS_TOO_LARGE = "objects-too-large"
+    TOO_MANY_OBJECTS = "too-many-objects"
+    OBJECTS_TOO_COMPLEX = "objects-too-complex"
     OBJECTS_YAML = "objects-yaml"
     OBJECTS_NOT_LIST = "objects-not-list"
     OBJECTS_EMPTY = "objects-empty"
@@ -278,6 +308,19 @@ def parse_objects(spc_name: str, objects_yaml: str) -> tuple[SecretObject, ...]:
     return _parse_objects(report, candidate)
 
 
+def check_objects_size(spc_name: str, objects_yaml: str) -> None:
+    """Raise `SpcValidationError` when `parameters.objects` is over `MAX_OBJECTS_BYTES`.
+
+    Costs at most one UTF-8 encoding of a string under the bound; parse_objects and validate_spc
+    check it first too, so callers need this only to refuse before other work (hashing)."""
+    _check_size(_Reporter(spc_name), objects_yaml)
+
+
+def yaml_uses_libyaml() -> bool:
+    """True when parsing runs in libyaml (C), as with PyYAML's official wheels."""
+    return _CParser is not None
+
+
 # ----------------------------------------------------------------------- reporting
 
 
@@ -310,7 +353,7 @@ class _Reporter:
 def _quote(text: str) -> str:
     """A name in double quotes, control characters escaped, cut short when very long."""
     shown = text if len(text) <= _QUOTE_MAX else text[: _QUOTE_MAX - 1] + "…"
-    return json.dumps(shown, ensure_ascii=False)
+    return quote(shown)
 
 
 def _show(value: object) -> str:
@@ -369,7 +412,13 @@ def _not_kind(value: object) -> str:
 # ------------------------------------------------------------------------ YAML loading
 
 
-class _ObjectsLoader(yaml.SafeLoader):
+# libyaml's parser and composer when PyYAML was built with it (the official wheels are): about
+# 5 times faster than the pure-Python ones (benchmarks/hostile_spc.py prints both).
+_CParser: type[Any] | None = getattr(yaml, "CSafeLoader", None)
+_SafeLoader: type[yaml.SafeLoader] = _CParser if _CParser is not None else yaml.SafeLoader
+
+
+class _ObjectsLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
 
     def construct_mapping(
@@ -392,14 +441,116 @@ class _ObjectsLoader(yaml.SafeLoader):
                     f"found duplicate key {_key_text(key)}",
                     key_node.start_mark,
                 )
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Hashable, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def _check_size(report: _Reporter, text: str) -> bytes:
+    """The UTF-8 of `text`, or the size error; refuses by length alone when that suffices."""
+    encoded = b""
+    if len(text) <= MAX_OBJECTS_BYTES:  # else over the bound whatever it encodes to
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            report.fail(
+                Rule.OBJECTS_YAML,
+                None,
+                "parameters.objects is not valid YAML: it contains a character YAML does not "
+                f"allow (at character {error.start + 1})",
+            )
+    if encoded or not text:
+        if len(encoded) <= MAX_OBJECTS_BYTES:
+            return encoded
+        size = f" ({len(encoded)} bytes)"
+    else:
+        size = ""  # refused by its length: not worth encoding to say how far over it is
+    report.fail(
+        Rule.OBJECTS_TOO_LARGE,
+        None,
+        f"parameters.objects is larger than the limit of {MAX_OBJECTS_BYTES // 1024} KiB"
+        f"{size}; split the objects over several SecretProviderClass objects",
+    )
+
+
+_STARTS: Final = (yaml.events.SequenceStartEvent, yaml.events.MappingStartEvent)
+_ENDS: Final = (yaml.events.SequenceEndEvent, yaml.events.MappingEndEvent)
+
+
+def _scan(report: _Reporter, document: bytes) -> None:
+    """Walk the YAML events within the bounds (MAX_OBJECTS, MAX_YAML_NODES, no recursive alias),
+    building nothing; stop at the first event past a bound. Syntax errors raise as in loading."""
+    loader: Any = _SafeLoader(document)  # the event API (get_event) has no type hints
+    try:
+        values = 0  # scalars and collections so far, each alias counted as what it names
+        entries = 0  # entries of a top-level list
+        root_is_list = False
+        open_nodes: list[tuple[str | None, int]] = []  # (anchor, values before it)
+        open_anchors: set[str] = set()
+        sizes: dict[str, int] = {}  # anchor -> values it stands for
+        while not loader.check_event(yaml.events.StreamEndEvent):
+            event = loader.get_event()
+            depth = len(open_nodes)
+            if isinstance(event, yaml.events.ScalarEvent):
+                values += 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = 1
+            elif isinstance(event, yaml.events.AliasEvent):
+                anchor = event.anchor or ""
+                if anchor in open_anchors:
+                    mark = event.start_mark
+                    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                    report.fail(
+                        Rule.OBJECTS_YAML,
+                        None,
+                        f"parameters.objects is not valid YAML: an alias is inside the node it "
+                        f"names{at}",
+                    )
+                values += sizes.get(anchor, 1)  # an unknown one: loading reports it
+            elif isinstance(event, _STARTS):
+                if depth == 0:
+                    root_is_list = isinstance(event, yaml.events.SequenceStartEvent)
+                values += 1
+                open_nodes.append((event.anchor, values - 1))
+                if event.anchor is not None:
+                    open_anchors.add(event.anchor)
+            elif isinstance(event, _ENDS):
+                closed, before = open_nodes.pop()
+                if closed is not None:
+                    sizes[closed] = values - before
+                    open_anchors.discard(closed)
+                continue
+            else:
+                continue  # stream and document boundaries
+            if depth == 1 and root_is_list:
+                entries += 1
+                if entries > MAX_OBJECTS:
+                    report.fail(
+                        Rule.TOO_MANY_OBJECTS,
+                        None,
+                        f"parameters.objects lists more than {MAX_OBJECTS} objects, the limit; "
+                        "split them over several SecretProviderClass objects",
+                    )
+            if values > MAX_YAML_NODES:
+                report.fail(
+                    Rule.OBJECTS_TOO_COMPLEX,
+                    None,
+                    f"parameters.objects holds more than {MAX_YAML_NODES} YAML values once its "
+                    "aliases are expanded, the limit; list the objects without nesting aliases "
+                    "or split them over several SecretProviderClass objects",
+                )
+    finally:
+        loader.dispose()
 
 
 def _load_yaml(report: _Reporter, text: str) -> object:
     invalid = "parameters.objects is not valid YAML"
+    document = _check_size(report, text)
     try:
+        _scan(report, document)
         # _ObjectsLoader is a SafeLoader: plain data only, no Python object construction.
-        return yaml.load(text, Loader=_ObjectsLoader)
+        return yaml.load(document, Loader=_ObjectsLoader)
+    except SpcValidationError:
+        raise  # a bound the scan enforced (a ValueError, so before the handler below)
     except yaml.MarkedYAMLError as exc:
         # PyYAML's own str() quotes the offending lines; keep only its short problem text.
         problem = " ".join((exc.problem or exc.context or "syntax error").split())
@@ -491,6 +642,11 @@ def _parse_object(report: _Reporter, position: int, entry: object) -> SecretObje
             f"objectName must be a string, not {_kind(raw_name)}{_quote_hint(raw_name)}",
         )
     name = raw_name
+    if not _OBJECT_NAME.fullmatch(name):
+        fail(
+            Rule.OBJECT_NAME_INVALID,
+            f"objectName must be a CSMS secret name: {OBJECT_NAME_RULE}",
+        )
 
     object_type = entry.get("objectType")
     if object_type is None or object_type == "":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dew_csi import spc
 from dew_csi.spc import (
+    MAX_OBJECTS,
+    MAX_OBJECTS_BYTES,
+    MAX_YAML_NODES,
     OBJECT_KEYS,
     JmesPathEntry,
     ParsedSpc,
@@ -71,6 +76,19 @@ def assert_sentence(error: SpcValidationError, spc_name: str = SPC) -> None:
     assert "\n" not in message
     assert error.spc_name == spc_name
     assert isinstance(error, ValueError)
+
+
+def alias_bomb(levels: int = 9, width: int = 10) -> str:
+    """A "billion laughs" document: a few hundred bytes naming width**levels values."""
+    lines = ["- &l0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"- &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def many_objects(count: int) -> str:
+    return "".join(
+        f"- {{objectName: s{i}, objectType: csms, objectVersion: v1}}\n" for i in range(count)
+    )
 
 
 # ------------------------------------------------------------------ one test per rule
@@ -202,6 +220,24 @@ OBJECT_RULE_CASES: list[tuple[Rule, str, tuple[str, ...], str | None]] = [
         one(objectAlias="../etc"),
         ('object "secret_1"', 'objectAlias "../etc" cannot be a file name', '"/"'),
         "secret_1",
+    ),
+    (
+        Rule.OBJECTS_TOO_LARGE,
+        one() + "#" * MAX_OBJECTS_BYTES,
+        ("parameters.objects is larger than the limit of 256 KiB", "split the objects"),
+        None,
+    ),
+    (
+        Rule.TOO_MANY_OBJECTS,
+        many_objects(MAX_OBJECTS + 1),
+        ("parameters.objects lists more than 500 objects, the limit", "split them"),
+        None,
+    ),
+    (
+        Rule.OBJECTS_TOO_COMPLEX,
+        alias_bomb(),
+        ("more than 20000 YAML values once its aliases are expanded, the limit",),
+        None,
     ),
 ]
 
@@ -603,8 +639,8 @@ def test_name_clashes(entries: list[dict[str, Any]], rule: Rule, fragment: str) 
         ({"objectName": "a", "objectAlias": "..data"}, 'starts with ".."'),
         ({"objectName": "a", "objectAlias": "a\0b"}, "NUL"),
         ({"objectName": "a", "objectAlias": "é" * 128}, "longer than 255 bytes"),
-        ({"objectName": "dir/secret"}, 'objectName "dir/secret" cannot be a file name'),
         ({"objectName": ".."}, 'objectName ".." cannot be a file name'),
+        ({"objectName": "..data"}, 'objectName "..data" cannot be a file name'),
         (
             {"objectName": "a", "jmesPath": [{"path": "k", "objectAlias": "../k"}]},
             'jmesPath entry #1 objectAlias "../k" cannot be a file name',
@@ -618,20 +654,59 @@ def test_unsafe_file_names(entry: dict[str, Any], fragment: str) -> None:
 
 
 def test_object_name_need_not_be_a_file_name_when_aliased() -> None:
-    (obj,) = parse_objects(SPC, _objects({"objectName": "team/db", "objectAlias": "db"}))
-    assert (obj.object_name, obj.file_name) == ("team/db", "db")
+    (obj,) = parse_objects(SPC, _objects({"objectName": "..db", "objectAlias": "db"}))
+    assert (obj.object_name, obj.file_name) == ("..db", "db")
 
 
-def test_names_with_spaces_dots_and_unicode_are_fine() -> None:
+def test_aliases_with_spaces_dots_and_unicode_are_fine() -> None:
     objects = parse_objects(
         SPC,
         _objects(
-            {"objectName": "my secret"},
+            {"objectName": "a", "objectAlias": "my secret"},
             {"objectName": ".hidden"},
-            {"objectName": "密钥", "objectAlias": "a.b..c"},
+            {"objectName": "b", "objectAlias": "密钥"},
+            {"objectName": "c", "objectAlias": "a.b..c"},
         ),
     )
-    assert [o.file_name for o in objects] == ["my secret", ".hidden", "a.b..c"]
+    assert [o.file_name for o in objects] == ["my secret", ".hidden", "密钥", "a.b..c"]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "A-z_0.9", "x" * 64, ".x", "-", "secret_1", "db.password"],
+)
+def test_object_names_follow_the_csms_rule(name: str) -> None:
+    (obj,) = parse_objects(SPC, one(objectName=name))
+    assert obj.object_name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 65,
+        "my secret",
+        "team/db",
+        "密钥",
+        "a\nI0101 00:00:00.000000 1 forged.go:1] forged",
+        "a\n",  # `$` would match before a final newline: the rule is a full match
+        "a\rb",
+        "a\x1b[31mred",
+        "a\u2028b",
+        "é",
+    ],
+)
+def test_object_names_outside_the_csms_rule_are_refused(name: str) -> None:
+    objects = json.dumps([{"objectName": name, "objectType": "csms", "objectVersion": "v1"}])
+    error = raised(lambda: parse_objects(SPC, objects))
+    assert error.rule == Rule.OBJECT_NAME_INVALID
+    assert_sentence(error)
+    message = str(error)
+    assert "objectName must be a CSMS secret name: 1 to 64 letters, digits" in message
+    assert message.startswith(f'SecretProviderClass "{SPC}": object "')
+    # The name is quoted with every control character and surrogate escaped: one clean line.
+    assert message.isprintable()
+    message.encode("utf-8")
+    assert error.object_name == name
 
 
 def test_jmes_path_may_hold_any_character_but_backslash() -> None:
@@ -1129,13 +1204,24 @@ safe_names = st.text(
 ).filter(lambda n: n not in (".", "..") and not n.startswith(".."))
 
 
+csms_names = st.from_regex(r"[a-zA-Z0-9._-]{1,64}", fullmatch=True).filter(
+    lambda n: n not in (".", "..") and not n.startswith("..")
+)
+
+
 @st.composite
 def valid_objects(draw: st.DrawFn) -> list[dict[str, Any]]:
     count = draw(st.integers(1, 4))
-    pool = draw(st.lists(safe_names, min_size=count * 4, max_size=count * 4, unique=True))
+    names = draw(st.lists(csms_names, min_size=count, max_size=count, unique=True))
+    pool = draw(
+        st.lists(safe_names, min_size=count * 3, max_size=count * 3, unique=True).filter(
+            lambda aliases: not set(aliases) & set(names)
+        )
+    )
     objects: list[dict[str, Any]] = []
     for index in range(count):
-        name, alias, jmes_a, jmes_b = pool[index * 4 : index * 4 + 4]
+        name = names[index]
+        alias, jmes_a, jmes_b = pool[index * 3 : index * 3 + 3]
         obj: dict[str, Any] = {
             "objectName": name,
             "objectType": "csms",
@@ -1198,3 +1284,107 @@ def test_fuzz_secret_objects(secret_objects: Any) -> None:
         keys = [d.key for d in secret.data]
         assert len(keys) == len(set(keys))
         assert all(d.object_name in parsed.mounted_file_names for d in secret.data)
+
+
+# --------------------------------------------------------------------- bounds (hostile input)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    assert len(parse_objects(SPC, many_objects(MAX_OBJECTS))) == MAX_OBJECTS
+    padded = one() + "#" * (MAX_OBJECTS_BYTES - len(one()))
+    assert len(padded.encode()) == MAX_OBJECTS_BYTES
+    assert len(parse_objects(SPC, padded)) == 1
+
+
+def test_the_size_bound_counts_utf8_bytes() -> None:
+    comment = "# " + "密" * (MAX_OBJECTS_BYTES // 3) + "\n"  # fewer characters than the bound
+    assert len(comment) < MAX_OBJECTS_BYTES < len(comment.encode())
+    error = raised(lambda: parse_objects(SPC, one() + comment))
+    assert error.rule == Rule.OBJECTS_TOO_LARGE
+    assert f"({len((one() + comment).encode())} bytes)" in str(error)
+
+
+class _NoParsing:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the YAML parser was used")
+
+
+def test_oversized_objects_are_refused_before_any_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spc, "_SafeLoader", _NoParsing)
+    monkeypatch.setattr(spc.yaml, "load", _NoParsing)
+    huge = many_objects(15_000)  # the issue's 15000 objects, close to 1 MiB
+    assert len(huge) > 3 * MAX_OBJECTS_BYTES
+    for refuse in (lambda: parse_objects(SPC, huge), lambda: validate_spc(spc_dict(huge))):
+        error = raised(refuse)
+        assert error.rule == Rule.OBJECTS_TOO_LARGE
+        assert_sentence(error)
+    with pytest.raises(SpcValidationError, match="larger than the limit"):
+        spc.check_objects_size(SPC, huge)
+    spc.check_objects_size(SPC, one())  # within the bound: nothing to say
+
+
+def merge_bomb(levels: int = 12) -> str:
+    """Merge keys that double at every level: each mapping merges the previous one twice."""
+    lines = ["- &m0 {objectName: a, objectType: csms, objectVersion: v1}"]
+    lines += [f"- &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: x}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("objects_yaml", "rule"),
+    [
+        (alias_bomb(levels=30), Rule.OBJECTS_TOO_COMPLEX),  # 10**30 values
+        (alias_bomb(levels=5, width=9), Rule.OBJECTS_TOO_COMPLEX),  # 9**5 = 59049
+        ("- &a {objectName: *a}\n", Rule.OBJECTS_YAML),  # recursive: infinite
+        ("- &a [*a]\n", Rule.OBJECTS_YAML),
+        (merge_bomb(levels=40), Rule.OBJECTS_TOO_COMPLEX),
+        ("[" + ", ".join(["x"] * (MAX_YAML_NODES + 1)) + "]", Rule.TOO_MANY_OBJECTS),
+        (
+            "- objectName: a\n  jmesPath: [" + ", ".join(["x"] * MAX_YAML_NODES) + "]\n",
+            Rule.OBJECTS_TOO_COMPLEX,
+        ),
+    ],
+    ids=["billion-laughs", "just-over", "recursive-map", "recursive-list", "merge", "wide", "deep"],
+)
+def test_expanding_documents_are_refused_before_loading(
+    monkeypatch: pytest.MonkeyPatch, objects_yaml: str, rule: Rule
+) -> None:
+    monkeypatch.setattr(spc.yaml, "load", _NoParsing)  # nothing is built: the scan refuses
+    assert len(objects_yaml) < MAX_OBJECTS_BYTES
+    error = raised(lambda: parse_objects(SPC, objects_yaml))
+    assert error.rule == rule
+    assert_sentence(error)
+
+
+def test_aliases_within_the_bounds_still_work() -> None:
+    objects = parse_objects(
+        SPC,
+        "- &defaults {objectName: a, objectType: csms, objectVersion: latest}\n"
+        "- <<: *defaults\n  objectName: b\n"
+        "- {<<: *defaults, objectName: c, objectVersion: v2}\n",
+    )
+    assert [(o.object_name, o.object_version) for o in objects] == [
+        ("a", "latest"),
+        ("b", "latest"),
+        ("c", "v2"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "objects_yaml",
+    [
+        '- {objectName: "a\\udc80", objectType: csms, objectVersion: v1}\n',  # a YAML escape
+        "- {objectName: a\udc80, objectType: csms, objectVersion: v1}\n",  # JSON-decoded raw
+    ],
+    ids=["escaped", "raw"],
+)
+def test_a_lone_surrogate_is_a_validation_error(objects_yaml: str) -> None:
+    error = raised(lambda: parse_objects(SPC, objects_yaml))
+    assert error.rule in (Rule.OBJECTS_YAML, Rule.OBJECT_NAME_INVALID)
+    assert_sentence(error)
+    str(error).encode("utf-8")  # a message gRPC, an Event and a log can carry
+
+
+def test_parsing_runs_in_libyaml() -> None:
+    # PyYAML's wheels bundle libyaml; without it parsing is about 5 times slower (still bounded).
+    assert spc.yaml_uses_libyaml()
