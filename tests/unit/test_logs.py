@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dew_csi.logs import REDACTED, fields, setup_logging
+from dew_csi.logs import REDACTED, escape, fields, quote, setup_logging
 
 
 @pytest.fixture
@@ -75,3 +75,118 @@ def test_credential_fields_are_masked(
 def test_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="--log-format"):
         setup_logging("yaml")
+
+
+# ------------------------------------------------------------------ one record, one line
+
+FORGED = 'I0101 00:00:00.000000       1 mount.py:1] "Mount succeeded"'
+ATTACKS = {
+    "newline": f"secret_1\n{FORGED}",
+    "carriage-return": f"secret_1\r{FORGED}",
+    "escape-sequence": "secret_1\x1b[2K\x1b[1Ghidden",
+    "line-separator": f"secret_1\u2028{FORGED}",
+    "bidi-override": "secret_1\u202egnp.exe",
+    "c1-next-line": f"secret_1\x85{FORGED}",
+}
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\ud800-\udfff]")
+
+
+def lines_of(stream: io.StringIO) -> list[str]:
+    text = stream.getvalue()
+    assert text.endswith("\n")
+    return text[:-1].split("\n")
+
+
+def assert_one_clean_line(stream: io.StringIO) -> str:
+    [line] = lines_of(stream)
+    assert not UNSAFE.search(line), line
+    assert not line.startswith("I0101")
+    return line
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+@pytest.mark.parametrize("where", ["message", "argument", "field"])
+def test_a_forged_line_stays_escaped_on_one_klog_line(
+    captured: tuple[io.StringIO, logging.Logger], attack: str, where: str
+) -> None:
+    stream, log = captured
+    setup_logging("text", stream=stream)
+    name = ATTACKS[attack]
+    if where == "message":
+        log.error(f"Mount failed for {name}")
+    elif where == "argument":
+        log.error("Mount failed for %s", name)
+    else:
+        log.error("Mount failed", extra=fields(name=name))
+    line = assert_one_clean_line(stream)
+    assert "secret_1\\" in line  # escaped in place, JSON style
+    if where == "field":
+        value = line.split(" name=", 1)[1]
+        assert json.loads(value) == name  # the field is a JSON string: it decodes exactly
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_a_forged_line_stays_inside_one_json_line(
+    captured: tuple[io.StringIO, logging.Logger], attack: str
+) -> None:
+    stream, log = captured
+    setup_logging("json", stream=stream)
+    name = ATTACKS[attack]
+    log.error("Mount failed for %s", name, extra=fields(name=name, **{f"k{name}": 1}))
+    document = json.loads(assert_one_clean_line(stream))
+    # Only the line is escaped: the values decode to exactly what was logged.
+    assert document["msg"] == f"Mount failed for {name}"
+    assert document["name"] == name
+    assert document[f"k{name}"] == 1
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_exception_text_is_escaped_on_the_same_line(
+    captured: tuple[io.StringIO, logging.Logger], log_format: str
+) -> None:
+    stream, log = captured
+    setup_logging(log_format, stream=stream)
+    try:
+        raise ValueError(f"bad name {ATTACKS['newline']}")
+    except ValueError:
+        log.exception("Cannot decide", extra=fields(object="default/x"))
+    line = assert_one_clean_line(stream)
+    if log_format == "text":
+        assert ' err="Traceback (most recent call last):\\n' in line
+        assert "ValueError: bad name secret_1\\nI0101" in line
+    else:
+        error = json.loads(line)["error"]
+        assert error.startswith("Traceback (most recent call last):\n")
+        assert error.endswith(f"ValueError: bad name {ATTACKS['newline']}")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_lone_surrogate_neither_crashes_nor_reaches_the_stream(
+    log_format: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = io.BytesIO()
+    # A strict UTF-8 stream, as a file or a pipe with errors="strict" would be.
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    try:
+        setup_logging(log_format, stream=stream)
+        logging.getLogger("dew_csi.test").error("name \udc80 here", extra=fields(name="a\ud800b"))
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    line = raw.getvalue().decode("utf-8")  # strict: proves valid UTF-8 was written
+    assert "name \\udc80 here" in line
+    assert "a\\ud800b" in line
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_escape_and_quote() -> None:
+    assert escape("plain é 中 😀") == "plain é 中 😀"
+    assert escape("a\nb\rc\td\x1b\x7f\x85\u2028\ud800") == (
+        "a\\nb\\rc\\td\\u001b\\u007f\\u0085\\u2028\\ud800"
+    )
+    for text in ("a\nb", 'q"\\', "\x1b[31m", "\ud800", "\u202e"):
+        quoted = quote(text)
+        assert json.loads(quoted) == text
+        assert quoted.isprintable()
