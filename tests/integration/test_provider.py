@@ -4,8 +4,10 @@ emulator over HTTP, and MountRequests shaped exactly as the upstream Go driver s
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import re
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,10 +21,11 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from dew_csi import kube
+from dew_csi import kube, spc
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
 from dew_csi.csms import CsmsClientConfig, RetryPolicy
 from dew_csi.csms.emulator import CsmsEmulatorThread, FaultRule
+from dew_csi.logs import KlogFormatter
 from dew_csi.provider.app import Provider, ProviderConfig
 from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
 
@@ -650,3 +653,185 @@ async def test_api_server_outage_is_unavailable_not_unknown(cluster: Cluster) ->
     )
     assert code == grpc.StatusCode.UNAVAILABLE
     assert 'ServiceAccount "default/not-cached"' in message
+
+
+# --------------------------------------------------------------------------- odd names
+
+
+async def _whitelist(cluster: Cluster, *names: str) -> None:
+    await cluster.kube.patch(
+        kube.SERVICE_ACCOUNT,
+        "nginx-spc-sa",
+        {"metadata": {"annotations": {"cce.io/dew-resource": json.dumps(list(names))}}},
+    )
+    await asyncio.sleep(0.2)  # let the provider's watch cache see the change
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["secret_1\nI0101 00:00:00.000000 1 mount.py:1] forged", "secret_1\n", "a\x1b[2Kb", "a b"],
+    ids=["forged-line", "trailing-newline", "escape-sequence", "space"],
+)
+async def test_an_object_name_outside_the_csms_rule_is_invalid_argument(
+    cluster: Cluster, name: str
+) -> None:
+    # Even whitelisted, the name is refused before anything is read: CSMS could not hold it.
+    await _whitelist(cluster, "secret_1", name)
+    cluster.csms.emulator.reset_counters()
+    objects = json.dumps([{"objectName": name, "objectType": "csms", "objectVersion": "v1"}])
+    code, message = await refused(cluster, mount_request(objects))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith('SecretProviderClass "spc-test": object "')
+    assert "objectName must be a CSMS secret name: 1 to 64 letters, digits, '.', '_' or '-'" in (
+        message
+    )
+    assert "\n" not in message
+    assert "\x1b" not in message
+    assert cluster.csms.emulator.calls("show_secret_version") == 0
+
+
+@pytest.mark.parametrize(
+    "objects",
+    [
+        '[{"objectName": "\\udc80", "objectType": "csms", "objectVersion": "v1"}]',
+        '- {objectName: "secret_\\ud800", objectType: csms, objectVersion: v1}',
+    ],
+    ids=["json-escape", "yaml-escape"],
+)
+async def test_a_lone_surrogate_name_is_invalid_argument_not_unknown(
+    cluster: Cluster, objects: str
+) -> None:
+    await _whitelist(cluster, "secret_1", "\udc80", "secret_\ud800")
+    code, message = await refused(cluster, mount_request(objects))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert 'SecretProviderClass "spc-test"' in message
+
+
+KLOG_LINE = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ")
+
+
+async def test_the_provider_logs_odd_names_escaped_one_line_each(cluster: Cluster) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(KlogFormatter())
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    forged = 'I0101 00:00:00.000000       1 mount.py:1] "Mount succeeded"'
+    try:
+        request = mount_request(
+            json.dumps(
+                [{"objectName": f"a\n{forged}", "objectType": "csms", "objectVersion": "v1"}]
+            )
+        )
+        attributes = json.loads(request.attributes)
+        attributes["csi.storage.k8s.io/pod.name"] = f"web\r\n{forged}\x1b[1A"
+        request.attributes = json.dumps(attributes)
+        code, _ = await refused(cluster, request)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    lines = stream.getvalue().splitlines()
+    assert any("Servicing mount request" in line for line in lines)
+    assert any("Mount failed" in line for line in lines)
+    for line in lines:
+        assert KLOG_LINE.match(line), line
+        assert not line.startswith("I0101"), line
+        assert "\x1b" not in line
+        assert "\r" not in line
+
+
+# --------------------------------------------------------------------------- hostile objects
+
+
+class _NoYamlLoading:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("parameters.objects was loaded")
+
+
+def _huge_objects() -> str:
+    """The issue's SecretProviderClass: 15000 objects, about 1 MiB, the last one invalid."""
+    valid = "".join(
+        f"- objectName: secret_{i:05d}\n  objectType: csms\n  objectVersion: latest\n"
+        for i in range(14_999)
+    )
+    return valid + "- objectName: secret_last\n  objectType: csms\n  objectVersion: one\n"
+
+
+def _alias_bomb(levels: int = 12) -> str:
+    lines = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"- &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("objects", "named"),
+    [(_huge_objects(), "larger than the limit of 256 KiB"), (_alias_bomb(), "aliases")],
+    ids=["one-mebibyte", "alias-bomb"],
+)
+async def test_a_hostile_objects_text_is_refused_without_loading_it(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, objects: str, named: str
+) -> None:
+    monkeypatch.setattr(spc.yaml, "load", _NoYamlLoading)
+    if len(objects) > spc.MAX_OBJECTS_BYTES:
+        monkeypatch.setattr(spc, "_SafeLoader", _NoYamlLoading)  # not even scanned
+    parses = cluster.provider.objects.parses
+    for _ in range(3):  # kubelet retries
+        code, message = await asyncio.wait_for(refused(cluster, mount_request(objects)), 10)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert message.startswith('SecretProviderClass "spc-test": parameters.objects ')
+        assert named in message
+    # The bomb was scanned once; its verdict is remembered for the retries.
+    assert cluster.provider.objects.parses - parses <= 1
+
+
+async def test_invalid_objects_are_parsed_once_for_every_retry(cluster: Cluster) -> None:
+    objects = INVALID_OBJECTS["duplicate-name"][0]
+    parser = cluster.provider.objects
+    parses, hits = parser.parses, parser.hits
+    messages = {(await refused(cluster, mount_request(objects)))[1] for _ in range(5)}
+    assert len(messages) == 1
+    assert (parser.parses - parses, parser.hits - hits) == (1, 4)
+    # Another class with the same text is a different key: its message names it.
+    _, other = await refused(cluster, mount_request(objects, spc="other-spc"))
+    assert other.startswith('SecretProviderClass "other-spc"')
+
+
+async def test_an_unrelated_mount_stays_fast_while_hostile_classes_are_mounted(
+    cluster: Cluster,
+) -> None:
+    hostile = [_huge_objects(), _alias_bomb()]
+    # Within the bounds but as heavy as they allow: parsed in the worker thread, once each.
+    hostile += [
+        "".join(
+            f"- {{objectName: s{i}_{n}, objectType: csms, objectVersion: v1}}\n"
+            for i in range(spc.MAX_OBJECTS)
+        )
+        for n in range(3)
+    ]
+    stop = asyncio.Event()
+    outcomes: list[grpc.StatusCode] = []
+
+    async def attacker(objects: str) -> None:
+        while not stop.is_set():
+            try:
+                await cluster.stub.Mount(mount_request(objects), timeout=30)
+                outcomes.append(grpc.StatusCode.OK)
+            except grpc.aio.AioRpcError as error:
+                outcomes.append(error.code())
+
+    attackers = [asyncio.create_task(attacker(o)) for _ in range(2) for o in hostile]
+    try:
+        await asyncio.sleep(0.2)
+        for _ in range(10):
+            response = await asyncio.wait_for(
+                cluster.stub.Mount(mount_request(GUIDE_SPC_OBJECTS)), timeout=5
+            )
+            assert list(files_of(response)) == ["secret_test"]
+    finally:
+        stop.set()
+        await asyncio.gather(*attackers)
+    assert grpc.StatusCode.INVALID_ARGUMENT in outcomes
+    assert set(outcomes) <= {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}

@@ -31,6 +31,8 @@ from dew_csi.logs import fields, setup_logging
 from dew_csi.provider.cache import SecretCache
 from dew_csi.provider.metrics import ProviderMetrics
 from dew_csi.provider.mount import CsmsAccess, Mounter
+from dew_csi.provider.objects import DEFAULT_MAX_BYTES as DEFAULT_OBJECTS_CACHE_BYTES
+from dew_csi.provider.objects import ObjectsParser
 from dew_csi.provider.server import ProviderServicer
 from dew_csi.service import serve_metrics, until_terminated
 
@@ -52,6 +54,7 @@ class ProviderConfig:
     metadata_url: str | None = DEFAULT_METADATA_URL
     cache_max_entries: int = 1000
     cache_max_bytes: int = 64 * 1024 * 1024
+    objects_cache_bytes: int = DEFAULT_OBJECTS_CACHE_BYTES
 
     @property
     def socket_path(self) -> Path:
@@ -113,10 +116,12 @@ class Provider:
             ),
             self.metrics,
         )
+        self.objects = ObjectsParser(max_bytes=config.objects_cache_bytes)
         self.mounter = Mounter(
             service_account=self._service_account,
             csms_access=self._pool.access,
             cache=self.cache,
+            objects=self.objects,
             on_mount=self.metrics.observe_mount,
         )
         self._server: grpc.aio.Server | None = None
@@ -150,6 +155,7 @@ class Provider:
         await self.service_accounts.stop()
         await self._pool.aclose()
         await self._kube.close()
+        self.objects.close()
 
 
 def config_from_args(args: argparse.Namespace) -> ProviderConfig:

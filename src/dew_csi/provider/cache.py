@@ -1,4 +1,5 @@
-"""The provider's secret cache.
+"""The provider's caches: the secret cache, and the byte-bounded LRU it and the parsed
+`parameters.objects` (objects.py) keep their entries in.
 
 - A pinned version (`v3`) never changes in CSMS, so once read it is kept in memory, bounded by
   entry count and total bytes (least recently used goes first), and never read again while kept.
@@ -15,13 +16,58 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 LATEST = "latest"
+
+
+class BoundedLru(Generic[K, V]):
+    """Values with their size in bytes, bounded in total bytes (and optionally in entries); the
+    least recently used go first. A value larger than the whole bound is not kept."""
+
+    def __init__(self, *, max_bytes: int, max_entries: int | None = None) -> None:
+        if max_bytes < 1 or (max_entries is not None and max_entries < 1):
+            raise ValueError("cache bounds must be positive")
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self.evictions = 0
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: K, value: V, size: int) -> None:
+        previous = self._entries.pop(key, None)
+        if previous is not None:
+            self._bytes -= previous[1]
+        if size > self._max_bytes:
+            return  # larger than the whole cache: serve it, do not keep it
+        self._entries[key] = (value, size)
+        self._bytes += size
+        while self._bytes > self._max_bytes or (
+            self._max_entries is not None and len(self._entries) > self._max_entries
+        ):
+            _, (_, evicted_size) = self._entries.popitem(last=False)
+            self._bytes -= evicted_size
+            self.evictions += 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
 
 @dataclass(frozen=True)
@@ -65,18 +111,15 @@ class SecretCache(Generic[T]):
         latest_ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_entries < 1 or max_bytes < 1:
-            raise ValueError("cache bounds must be positive")
         if latest_ttl < 0:
             raise ValueError("latest TTL must not be negative")
         self._size_of = size_of
         self._version_of = version_of
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
         self._latest_ttl = latest_ttl
         self._clock = clock
-        self._pinned: OrderedDict[CacheKey, tuple[T, int]] = OrderedDict()
-        self._pinned_bytes = 0
+        self._pinned: BoundedLru[CacheKey, T] = BoundedLru(
+            max_bytes=max_bytes, max_entries=max_entries
+        )
         self._latest: dict[CacheKey, tuple[T, float]] = {}
         self._in_flight: dict[CacheKey, asyncio.Task[T]] = {}
         self.stats = CacheStats()
@@ -91,11 +134,10 @@ class SecretCache(Generic[T]):
                 self.stats.latest_hits += 1
                 return Lookup(held[0], True)
         else:
-            entry = self._pinned.get(key)
-            if entry is not None:
-                self._pinned.move_to_end(key)
+            pinned = self._pinned.get(key)
+            if pinned is not None:
                 self.stats.pinned_hits += 1
-                return Lookup(entry[0], True)
+                return Lookup(pinned, True)
         return await self._fetch_once(key, fetch)
 
     async def _fetch_once(self, key: CacheKey, fetch: Callable[[], Awaitable[T]]) -> Lookup[T]:
@@ -127,21 +169,9 @@ class SecretCache(Generic[T]):
                 self._latest[key] = (value, self._clock() + self._latest_ttl)
                 self._drop_expired_latest()
             key = key.pinned(self._version_of(value))
-        self._store_pinned(key, value)
-
-    def _store_pinned(self, key: CacheKey, value: T) -> None:
-        size = self._size_of(value)
-        if size > self._max_bytes:
-            return  # larger than the whole cache: serve it, do not keep it
-        previous = self._pinned.pop(key, None)
-        if previous is not None:
-            self._pinned_bytes -= previous[1]
-        self._pinned[key] = (value, size)
-        self._pinned_bytes += size
-        while len(self._pinned) > self._max_entries or self._pinned_bytes > self._max_bytes:
-            _, (_, evicted_size) = self._pinned.popitem(last=False)
-            self._pinned_bytes -= evicted_size
-            self.stats.evictions += 1
+        evicted = self._pinned.evictions
+        self._pinned.put(key, value, self._size_of(value))
+        self.stats.evictions += self._pinned.evictions - evicted
 
     def _drop_expired_latest(self) -> None:
         now = self._clock()
@@ -156,7 +186,7 @@ class SecretCache(Generic[T]):
 
     @property
     def pinned_bytes(self) -> int:
-        return self._pinned_bytes
+        return self._pinned.bytes
 
 
 def _retrieve_outcome(task: asyncio.Task[T]) -> None:

@@ -2,7 +2,8 @@
 
 The steps, in order, and all or nothing:
 1. parse the request the driver sent (attributes JSON, per-volume secrets, default permission);
-2. parse and validate `parameters.objects` (spc.py, the same rules the webhook applies);
+2. parse and validate `parameters.objects` (spc.py, the same rules the webhook applies), in a
+   worker thread and once per text (objects.py);
 3. authorise: every objectName must be listed in the pod ServiceAccount's `cce.io/dew-resource`
    annotation. This runs on every mount and rotation, before any cache is consulted;
 4. read each secret from CSMS through the cache (pinned versions from memory, `latest` coalesced);
@@ -15,7 +16,6 @@ Messages name secrets, versions, keys and ServiceAccounts, never a secret value.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -44,6 +44,7 @@ from dew_csi.csms import (
 from dew_csi.kube import KubeError
 from dew_csi.logs import fields
 from dew_csi.provider.cache import CacheKey, SecretCache
+from dew_csi.provider.objects import ObjectsParser
 from dew_csi.volume_context import (
     OBJECTS,
     POD_NAME,
@@ -299,11 +300,13 @@ class Mounter:
         service_account: ServiceAccountLookup,
         csms_access: ClientFactory,
         cache: SecretCache[SecretVersion],
+        objects: ObjectsParser,
         on_mount: Callable[[str, float], None] | None = None,
     ) -> None:
         self._service_account = service_account
         self._csms_access = csms_access
         self._cache = cache
+        self._objects_parser = objects
         self._on_mount = on_mount
 
     async def mount(self, request: MountInput) -> MountResult:
@@ -331,7 +334,7 @@ class Mounter:
                 ServiceAccount=account,
             ),
         )
-        objects = self._objects(request)
+        objects = await self._objects(request)
         try:
             service_account = await self._service_account(namespace, account)
         except KubeError as error:
@@ -365,7 +368,7 @@ class Mounter:
         log.info("Write secret file finished", extra=fields(files=len(files)))
         return MountResult(tuple(files), tuple(versions))
 
-    def _objects(self, request: MountInput) -> tuple[spc.SecretObject, ...]:
+    async def _objects(self, request: MountInput) -> tuple[spc.SecretObject, ...]:
         spc_name = request.spc_name or "(unnamed)"
         objects_yaml = request.attributes.get(OBJECTS)
         if objects_yaml is None:
@@ -375,7 +378,7 @@ class Mounter:
                 f"secrets to mount there",
             )
         try:
-            return _parse_objects(spc_name, objects_yaml)
+            return await self._objects_parser.parse(spc_name, objects_yaml)
         except spc.SpcValidationError as error:
             raise MountError(Status.INVALID_ARGUMENT, str(error)) from None
 
@@ -419,14 +422,6 @@ class Mounter:
                 extra=fields(name=obj.object_name, version=version.version_id),
             )
         return version
-
-
-@functools.lru_cache(maxsize=1024)
-def _parse_objects(spc_name: str, objects_yaml: str) -> tuple[spc.SecretObject, ...]:
-    """parse_objects, remembered: every rotation pass mounts the same SPCs again, and parsing
-    the YAML costs more than the rest of a warm Mount (measured in benchmarks/rotation.py).
-    The result is immutable; errors are not remembered."""
-    return spc.parse_objects(spc_name, objects_yaml)
 
 
 def _required(request: MountInput, key: str) -> str:
