@@ -25,6 +25,12 @@ request: SecretProviderClass "x": object "y": ...`.
 A body that is not an AdmissionReview gets HTTP 400 with a plain-text reason. Every decision is
 logged with the object's namespace and name, the operation and the rule; SecretProviderClass
 objects hold secret names, never values, and the messages quote names and keys only.
+
+Decoding the review and validating the object run in one worker thread, never on the event loop:
+`parameters.objects` is bounded (spc.MAX_OBJECTS_BYTES and the bounded scan refuse a hostile one
+before it is loaded), and what work the bounds allow delays only the reviews queued behind it,
+not `/healthz` or the answers already decided. Only the count, which reads the watch cache, runs
+on the loop.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import ssl
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -294,6 +301,13 @@ class Validator:
         self._count = count
 
     def decide(self, review: Review) -> Decision:
+        checked = self.check(review)
+        return checked if checked is not None else self.admit(review)
+
+    def check(self, review: Review) -> Decision | None:
+        """Every decision that needs no count: allowed untouched, or denied as invalid; None when
+        the object is valid and the limit decides (`admit`). Reads nothing shared, so it may run
+        in a worker thread."""
         if not review.is_spc:
             return Decision(True, "not-a-secretproviderclass")
         if review.sub_resource:
@@ -326,11 +340,16 @@ class Validator:
                     code=400,
                     details=_spc_details(review.name, [cause]),
                 )
+        return None
+
+    def admit(self, review: Review) -> Decision:
+        """The decision for a review `check` passed: the limit, for a create."""
         if review.operation == "CREATE":
             refused = self._over_limit(review)
             if refused is not None:
                 return refused
-        return Decision(True, "valid" if is_ours(obj) else "other-provider")
+        obj = review.object
+        return Decision(True, "valid" if obj is not None and is_ours(obj) else "other-provider")
 
     def _over_limit(self, review: Review) -> Decision | None:
         count = self._count
@@ -410,10 +429,12 @@ class WebhookServer:
         self.validator = validator
         self._ssl = ssl_context
         self._runner: web.AppRunner | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self.port = 0
         self.url = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dew-webhook")
         app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post("/validate", self._validate)
         app.router.add_get("/healthz", self._healthz)
@@ -424,6 +445,7 @@ class WebhookServer:
             await site.start()
         except BaseException:
             await runner.cleanup()
+            self._stop_executor()
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
@@ -434,22 +456,41 @@ class WebhookServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._stop_executor()
+
+    def _stop_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _parse_and_check(self, body: bytes) -> tuple[Review, Decision | None]:
+        """In the worker thread: the review, and its decision when no count is needed."""
+        review = parse_review(body)
+        return review, self.validator.check(review)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     async def _validate(self, request: web.Request) -> web.Response:
         body = await request.read()
+        loop = asyncio.get_running_loop()
         try:
-            review = parse_review(body)
+            review, checked = await loop.run_in_executor(
+                self._executor, self._parse_and_check, body
+            )
         except ReviewError as error:
             log.warning(
                 "Refused a malformed AdmissionReview",
                 extra=fields(remote=request.remote or "", error=str(error)),
             )
             return web.Response(status=400, text=f"malformed AdmissionReview: {error}\n")
+        except Exception:
+            # A bug must not take the server down or hang the API server: answer 500 (the API
+            # server then applies the configuration's failurePolicy).
+            log.exception("Cannot decide", extra=fields(remote=request.remote or ""))
+            return web.Response(status=500, text="internal error deciding the review\n")
         try:
-            decision = self.validator.decide(review)
+            decision = checked if checked is not None else self.validator.admit(review)
         except Exception:
             # A bug must not take the server down or hang the API server: answer 500 (the API
             # server then applies the configuration's failurePolicy).

@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -29,6 +32,8 @@ import yaml
 from aiohttp import web
 
 from dew_csi import cli
+from dew_csi import spc as spc_module
+from dew_csi.logs import KlogFormatter
 from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
 from dew_csi.sandbox.apistore import WriteOptions
 from dew_csi.spc import SpcValidationError, validate_spc
@@ -1294,3 +1299,158 @@ async def test_service_references_cannot_be_reached_from_the_sandbox(
     await install(api, config)
     message = refusal(await api.post(spcs_path(), json=spc("a", _entry())), 500, "InternalError")
     assert "clientConfig.service cannot be reached from the sandbox API emulator" in message
+
+
+# ============================================================================= hostile input
+
+
+def _huge_objects() -> str:
+    """The issue's SecretProviderClass: 15000 objects, about 1 MiB, the last one invalid."""
+    valid = "".join(
+        f"- objectName: secret_{i:05d}\n  objectType: csms\n  objectVersion: latest\n"
+        for i in range(14_999)
+    )
+    return valid + "- objectName: secret_last\n  objectType: csms\n  objectVersion: one\n"
+
+
+def _alias_bomb(levels: int = 12) -> str:
+    lines = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"- &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+class _NoYamlLoading:
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("parameters.objects was loaded")
+
+
+@pytest.mark.parametrize(
+    ("objects", "rule", "named"),
+    [
+        (_huge_objects(), "objects-too-large", "larger than the limit of 256 KiB"),
+        (_alias_bomb(), "objects-too-complex", "once its aliases are expanded"),
+    ],
+    ids=["one-mebibyte", "alias-bomb"],
+)
+async def test_a_hostile_secretproviderclass_is_denied_without_loading_it(
+    webhook: WebhookClient,
+    monkeypatch: pytest.MonkeyPatch,
+    objects: str,
+    rule: str,
+    named: str,
+) -> None:
+    monkeypatch.setattr(spc_module.yaml, "load", _NoYamlLoading)
+    if len(objects) > spc_module.MAX_OBJECTS_BYTES:
+        monkeypatch.setattr(spc_module, "_SafeLoader", _NoYamlLoading)  # not even scanned
+    hostile = spc("hostile", objects)
+    response = await asyncio.wait_for(webhook.send(review(hostile)), 10)
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert message.startswith('SecretProviderClass "hostile": parameters.objects ')
+    assert named in message
+    assert response["status"]["details"]["causes"][0]["field"] == "spec.parameters.objects"
+    with pytest.raises(SpcValidationError) as caught:
+        validate_spc(hostile)
+    assert caught.value.rule.value == rule
+
+
+async def test_healthz_and_other_reviews_are_answered_while_hostile_ones_are_checked(
+    webhook: WebhookClient,
+) -> None:
+    # As heavy as the bounds allow without a refusal by size: 500 objects, then one over.
+    heavy = "".join(
+        f"- {{objectName: s{i}, objectType: csms, objectVersion: v1}}\n" for i in range(500)
+    )
+    hostile = [
+        spc("huge", _huge_objects()),
+        spc("bomb", _alias_bomb()),
+        spc("heavy", heavy + "- {objectName: s0, objectType: csms, objectVersion: v1}\n"),
+    ]
+    stop = asyncio.Event()
+    denied: list[bool] = []
+
+    async def attacker(obj: dict[str, Any]) -> None:
+        while not stop.is_set():
+            denied.append(not await webhook.allowed(review(obj)))
+
+    attackers = [asyncio.create_task(attacker(obj)) for obj in hostile for _ in range(2)]
+    try:
+        await asyncio.sleep(0.2)
+        for _ in range(10):
+            health = await asyncio.wait_for(webhook.http.get(f"{webhook.url}/healthz"), 5)
+            assert health.text == "ok"
+            assert await asyncio.wait_for(webhook.allowed(review(spc("good", _entry()))), 5)
+    finally:
+        stop.set()
+        await asyncio.gather(*attackers)
+    assert denied
+    assert all(denied)
+
+
+async def test_the_emulator_refuses_a_hostile_secretproviderclass_within_the_timeout(
+    api: httpx.AsyncClient, webhook: WebhookClient, tls: Tls
+) -> None:
+    # deploy/ fails open (failurePolicy Ignore, timeoutSeconds 5): an answer too slow would let
+    # the class in. It must be refused in time.
+    await install(
+        api,
+        configuration(f"{webhook.url}/validate", tls.ca_bundle, failure_policy="Ignore"),
+    )
+    response = await api.post(spcs_path(), json=spc("hostile", _huge_objects()))
+    message = refusal(response, 400, "")
+    assert message.startswith(
+        f'admission webhook "{HOOK}" denied the request: SecretProviderClass "hostile": '
+        "parameters.objects is larger than the limit of 256 KiB"
+    )
+    assert (await api.get(f"{spcs_path()}/hostile")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["secret_1\nI0101 00:00:00.000000 1 webhook.py:1] forged", "a\rb", "a\x1b[31mb", "a/b"],
+    ids=["forged-line", "carriage-return", "escape-sequence", "slash"],
+)
+async def test_an_object_name_outside_the_csms_rule_is_denied(
+    webhook: WebhookClient, name: str
+) -> None:
+    objects = json.dumps([{"objectName": name, "objectType": "csms", "objectVersion": "latest"}])
+    bad = spc("bad", objects)
+    response = await webhook.send(review(bad))
+    assert response["allowed"] is False
+    message = response["status"]["message"]
+    assert message == validation_message(bad)
+    assert message.startswith('SecretProviderClass "bad": object "')
+    assert "objectName must be a CSMS secret name: 1 to 64 letters, digits, '.', '_' or '-'" in (
+        message
+    )
+    assert message.isprintable()
+
+
+async def test_the_webhook_logs_odd_names_escaped_one_line_each(webhook: WebhookClient) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(KlogFormatter())
+    root = logging.getLogger()
+    saved_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    forged = 'I0101 00:00:00.000000       1 webhook.py:1] "Admitted"'
+    name = f"a\n{forged}\x1b[1A"
+    try:
+        objects = json.dumps(
+            [{"objectName": name, "objectType": "csms", "objectVersion": "latest"}]
+        )
+        await webhook.send(review(spc("bad", objects)))
+        malformed = review(spc("bad", objects))
+        malformed["request"]["operation"] = f"CREATE\n{forged}"
+        answer = await webhook.http.post(f"{webhook.url}/validate", json=malformed)
+        assert answer.status_code == 400
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+    lines = stream.getvalue().splitlines()
+    assert any('"Denied"' in line for line in lines)
+    assert any("Refused a malformed AdmissionReview" in line for line in lines)
+    for line in lines:
+        assert re.match(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [\w.]+:\d+\] ", line), line
+        assert "\x1b" not in line
