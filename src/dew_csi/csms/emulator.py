@@ -61,6 +61,7 @@ import yaml
 from aiohttp import web
 
 from dew_csi.csms import signer
+from dew_csi.logs import setup_logging
 from dew_csi.statefile import write_atomically
 
 log = logging.getLogger(__name__)
@@ -1449,7 +1450,7 @@ async def _serve_until_signalled(emulator: CsmsEmulator, host: str, port: int) -
 
 def run_from_args(args: argparse.Namespace) -> int:
     """`dew-csi csms-emulator`: serve until SIGTERM or SIGINT, then exit 0."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging("text", level=logging.INFO)
     try:
         host, port = parse_listen(args.listen)
         emulator = CsmsEmulator(

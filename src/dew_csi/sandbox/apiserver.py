@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 import yaml
 from aiohttp import web
 
+from dew_csi.logs import setup_logging
 from dew_csi.sandbox import apitables
 from dew_csi.sandbox.admission import Admission, named
 from dew_csi.sandbox.apistore import (
@@ -1283,11 +1284,7 @@ def _parse_listen(text: str) -> tuple[str, int]:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """`dew-csi sandbox apiserver`: serve until SIGTERM or SIGINT, then exit 0."""
-    logging.basicConfig(
-        level=logging.WARNING,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging("text", level=logging.WARNING)
     try:
         host, port = _parse_listen(args.listen)
     except ValueError as error:
