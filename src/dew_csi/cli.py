@@ -265,10 +265,25 @@ def _add_driver(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     driver.add_argument(
         "--endpoint",
-        default="unix:///var/lib/kubelet/plugins/csi-secrets-store/csi.sock",
-        help="CSI socket (default unix:///var/lib/kubelet/plugins/csi-secrets-store/csi.sock)",
+        help="CSI socket (default unix://<kubelet root>/plugins/csi-secrets-store/csi.sock)",
     )
     driver.add_argument("--node-id", help="this node's name (required)")
+    driver.add_argument(
+        "--kubelet-root",
+        default="/mnt/paas/kubernetes/kubelet",
+        help="the kubelet's root directory, as the kubelet (and so the driver) sees it: target "
+        "paths must be <root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount; the driver "
+        "refuses to start when it does not exist (default /mnt/paas/kubernetes/kubelet, CCE's; "
+        "/var/lib/kubelet on most other clusters)",
+    )
+    driver.add_argument(
+        "--max-call-recv-msg-size",
+        type=int,
+        default=4 * 1024 * 1024,
+        metavar="BYTES",
+        help="the largest response accepted from a provider, in bytes (default 4194304, as "
+        "upstream)",
+    )
     driver.add_argument(
         "--provider-dir",
         action="append",

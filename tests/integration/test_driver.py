@@ -135,6 +135,7 @@ def driver_config(root: Path, kubeconfig: Path) -> DriverConfig:
         mounter=MOUNTER,
         kubeconfig=str(kubeconfig),
         provider_timeout=5.0,
+        kubelet_root=root,  # kubelet's target paths are <root>/pods/<uid>/volumes/...
     )
 
 
@@ -340,9 +341,8 @@ async def test_sanity_unpublish_validates_and_is_idempotent(stack: Stack, tmp_pa
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.node.NodeUnpublishVolume(csi_pb2.NodeUnpublishVolumeRequest(volume_id="v"))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    unknown = csi_pb2.NodeUnpublishVolumeRequest(
-        volume_id="v", target_path=str(tmp_path / "never" / "mounted")
-    )
+    never_mounted = tmp_path / "pods" / "never" / "volumes" / "kubernetes.io~csi" / "v" / "mount"
+    unknown = csi_pb2.NodeUnpublishVolumeRequest(volume_id="v", target_path=str(never_mounted))
     await stack.node.NodeUnpublishVolume(unknown)
     await stack.node.NodeUnpublishVolume(unknown)
 

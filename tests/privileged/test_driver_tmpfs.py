@@ -1,6 +1,7 @@
-"""The driver's flows on real tmpfs: tests/integration/test_driver.py, run again as root inside a
-private mount namespace with the `tmpfs` mounter, so every publish really mounts a tmpfs and every
-unpublish really unmounts it, while the host's mount table never changes."""
+"""The driver's flows on real tmpfs: tests/integration/test_driver.py and test_driver_targets.py,
+run again as root inside a private mount namespace with the `tmpfs` mounter, so every publish
+really mounts a tmpfs and every unpublish really unmounts it, while the host's mount table never
+changes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.privileged
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DRIVER_FLOWS = REPO_ROOT / "tests" / "integration" / "test_driver.py"
+TARGET_ATTACKS = REPO_ROOT / "tests" / "integration" / "test_driver_targets.py"
 
 
 def _why_not() -> str | None:
@@ -40,7 +42,9 @@ def _host_mounts() -> list[str]:
     return Path("/proc/self/mountinfo").read_text().splitlines()
 
 
-def test_driver_flows_on_real_tmpfs() -> None:
+def _run_on_real_tmpfs(module: Path) -> str:
+    """Run a driver test module as root in a private mount namespace with the tmpfs mounter;
+    its output. The host's mount table must be the same afterwards."""
     reason = _why_not()
     if reason:
         pytest.skip(reason)
@@ -56,7 +60,7 @@ def test_driver_flows_on_real_tmpfs() -> None:
             sys.executable,
             "-m",
             "pytest",
-            str(DRIVER_FLOWS),
+            str(module),
             "-q",
             "-p",
             "no:cacheprovider",
@@ -73,8 +77,22 @@ def test_driver_flows_on_real_tmpfs() -> None:
     shutil.rmtree(base, ignore_errors=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    summary = re.search(r"(\d+) passed", output)
-    assert summary, output[-2000:]
-    assert int(summary.group(1)) >= 15, output[-2000:]
     assert " skipped" not in output, output[-2000:]
     assert _host_mounts() == before  # nothing leaked out of the private namespace
+    return output
+
+
+def _passed(output: str) -> int:
+    summary = re.search(r"(\d+) passed", output)
+    assert summary, output[-2000:]
+    return int(summary.group(1))
+
+
+def test_driver_flows_on_real_tmpfs() -> None:
+    assert _passed(_run_on_real_tmpfs(DRIVER_FLOWS)) >= 15
+
+
+def test_target_attacks_on_real_tmpfs() -> None:
+    """Symlinked targets, a populated directory, a path outside the kubelet root, a lost or
+    foreign mount, a busy umount: on real tmpfs, with real `mount --bind` and `umount`."""
+    assert _passed(_run_on_real_tmpfs(TARGET_ATTACKS)) >= 14

@@ -29,6 +29,7 @@ from dew_csi.driver.atomic_writer import (
 )
 from dew_csi.driver.mounter import (
     MountFailed,
+    TargetRefused,
     TmpfsMounter,
     cleanup_mount_point,
     ensure_mount_point,
@@ -143,6 +144,16 @@ def test_mount_failure_reports_mount_stderr(tmp_path: Path) -> None:
     run_in_private_namespace("mount-failure", tmp_path)
 
 
+@pytest.mark.usefixtures("namespace_tests_available")
+def test_only_the_drivers_own_tmpfs_is_emptied_or_written(tmp_path: Path) -> None:
+    output = run_in_private_namespace("not-ours", tmp_path)
+    for case in ("populated directory", "symlink to a tmpfs", "bind of a shared tmpfs"):
+        assert f"{case}: refused, intact" in output
+    # On the host's disk, after the namespace is gone: the node's files, byte for byte.
+    assert (tmp_path / "node" / "data.bin").read_bytes() == bytes(range(256))
+    assert (tmp_path / "node" / "conf" / "app.conf").read_bytes() == b"listen 80\n"
+
+
 def test_skip_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert _why_namespace_tests_cannot_run() == "needs root and unshare: not running as root"
@@ -201,6 +212,7 @@ def as_dict(files: list[FileProjection]) -> dict[str, FileProjection]:
 def scenario_lifecycle(workdir: Path) -> None:
     # A space in the path: the real mountinfo escapes it and we must still match exactly.
     target = workdir / "pods/uid/volumes/kubernetes.io~csi/secrets store/mount"
+    target.parent.mkdir(parents=True)  # kubelet creates the volume directory
     mounter = TmpfsMounter()
 
     expect(run(ensure_mount_point(target, mounter)) is False, "fresh target reported mounted")
@@ -356,12 +368,93 @@ def scenario_mount_failure(workdir: Path) -> None:
         raise AssertionError("mounting on a missing directory succeeded")
 
 
+NODE_FILES = {"data.bin": bytes(range(256)), "conf/app.conf": b"listen 80\n"}
+
+
+def write_node_files(directory: Path) -> None:
+    for name, contents in NODE_FILES.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_bytes(contents)
+
+
+def node_files_intact(directory: Path) -> bool:
+    return all((directory / name).read_bytes() == data for name, data in NODE_FILES.items())
+
+
+def expect_refused(step: Coroutine[Any, Any, object], what: str) -> None:
+    try:
+        run(step)
+    except TargetRefused as refused:
+        expect(refused.code == "FAILED_PRECONDITION", f"{what}: code {refused.code}")
+    else:
+        raise AssertionError(f"{what}: not refused")
+
+
+def scenario_not_ours(workdir: Path) -> None:
+    mounter = TmpfsMounter()
+    volume = workdir / "pods/uid/volumes/kubernetes.io~csi"
+
+    # 1. A plain directory holding the node's files (on the host's disk: the outer test reads
+    #    them back after this namespace is gone).
+    node = workdir / "node"
+    write_node_files(node)
+    populated = volume / "populated/mount"
+    populated.parent.mkdir(parents=True)
+    populated.symlink_to(node)
+    expect_refused(cleanup_mount_point(populated, mounter), "symlink to a disk directory")
+    populated.unlink()
+    write_node_files(populated)
+    expect(not mounter.owns(populated), "a plain directory is owned")
+    expect_refused(ensure_mount_point(populated, mounter), "publish over a populated directory")
+    expect_refused(cleanup_mount_point(populated, mounter), "unpublish of a populated directory")
+    expect(node_files_intact(populated) and not find_mounts(populated), "populated dir changed")
+    print("populated directory: refused, intact")
+
+    # 2. A symlink at the target to a real tmpfs holding files.
+    shared = workdir / "shm"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(shared)], check=True)
+    write_node_files(shared)
+    linked = volume / "linked/mount"
+    linked.parent.mkdir(parents=True)
+    linked.symlink_to(shared)
+    expect(not mounter.owns(linked), "a symlink to a tmpfs is owned")
+    expect_refused(ensure_mount_point(linked, mounter), "publish to a symlink")
+    expect_refused(cleanup_mount_point(linked, mounter), "unpublish of a symlink")
+    expect(node_files_intact(shared) and find_mounts(shared), "the symlink's tmpfs changed")
+    print("symlink to a tmpfs: refused, intact")
+
+    # 3. A bind mount of that shared tmpfs (as /dev/shm could be) at a target: tmpfs, but not
+    #    the driver's; unpublish unmounts the bind and empties nothing.
+    for name, source in (("whole", shared), ("part", shared / "conf")):
+        bound = volume / f"bound-{name}/mount"
+        bound.mkdir(parents=True)
+        subprocess.run(["mount", "--bind", str(source), str(bound)], check=True)
+        expect(not mounter.owns(bound), f"a bind of a shared tmpfs ({name}) is owned")
+        run(cleanup_mount_point(bound, mounter))
+        expect(not find_mounts(bound) and not bound.exists(), f"bind ({name}) not unpublished")
+    expect(node_files_intact(shared), "the shared tmpfs lost files")
+    print("bind of a shared tmpfs: refused, intact")
+
+    # 4. The driver's own tmpfs is owned while mounted, and not once it is gone.
+    own = volume / "own/mount"
+    own.parent.mkdir(parents=True)
+    run(ensure_mount_point(own, mounter))
+    run(mounter.mount(own))
+    expect(mounter.owns(own), "the driver's own tmpfs is not owned")
+    subprocess.run(["umount", str(own)], check=True)
+    expect(not mounter.owns(own), "an unmounted target is still owned")
+    run(cleanup_mount_point(own, mounter))
+    expect(not own.exists(), "the empty mount point was not removed")
+
+
 SCENARIOS: dict[str, Callable[[Path], None]] = {
     "lifecycle": scenario_lifecycle,
     "size-limit": scenario_size_limit,
     "corrupt": scenario_corrupt,
     "stacked": scenario_stacked,
     "mount-failure": scenario_mount_failure,
+    "not-ours": scenario_not_ours,
 }
 
 

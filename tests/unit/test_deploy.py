@@ -31,6 +31,7 @@ import dew_csi
 from dew_csi import kube
 from dew_csi.cli import build_parser
 from dew_csi.driver import app as driver_app
+from dew_csi.driver.mounter import check_target_path
 from dew_csi.driver.provider_client import DEFAULT_PROVIDER_DIRS
 from dew_csi.driver.rotation import parse_rotation_interval
 from dew_csi.grpc_socket import socket_path
@@ -55,6 +56,8 @@ CLUSTER_SCOPED = {
 GUIDE_POD_CPU = Fraction(1, 4)  # 0.25 vCPU
 GUIDE_POD_MEMORY = 512 * 1024**2  # 0.5 GiB
 NODE_NAME = "node-a"  # what the downward API would give NODE_NAME
+CCE_KUBELET_ROOT = "/mnt/paas/kubernetes/kubelet"  # the guide's SPCPS targetPath shows it
+VAR_LIB_KUBELET_COMPONENT = "components/kubelet-root-var-lib-kubelet"
 
 needs_kubectl = pytest.mark.kubectl
 
@@ -62,20 +65,25 @@ needs_kubectl = pytest.mark.kubectl
 # --------------------------------------------------------------------------- rendering
 
 
-@pytest.fixture(scope="module")
-def objects() -> list[dict[str, Any]]:
-    """Every object `kubectl kustomize deploy/` renders, once per module."""
+def render(directory: Path) -> list[dict[str, Any]]:
+    """Every object `kubectl kustomize <directory>` renders."""
     if KUBECTL is None:
         pytest.skip("kubectl is not installed: deploy/ is rendered with `kubectl kustomize`")
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(DEPLOY)],
+        [KUBECTL, "kustomize", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert result.returncode == 0, f"kubectl kustomize deploy/ failed:\n{result.stderr}"
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    """Every object `kubectl kustomize deploy/` renders, once per module."""
+    return render(DEPLOY)
 
 
 def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -302,6 +310,8 @@ def test_driver_args_parse_and_configure_the_driver(objects: list[dict[str, Any]
     assert config.mounter == "tmpfs"
     assert config.metrics_addr == ":8095"
     assert config.kubeconfig is None  # in-cluster configuration
+    assert config.kubelet_root == Path(CCE_KUBELET_ROOT)
+    assert config.max_call_recv_msg_size == 4 * 1024 * 1024  # upstream's default
 
 
 @needs_kubectl
@@ -386,7 +396,7 @@ def test_registrar_driver_and_probe_agree_on_the_csi_socket(objects: list[dict[s
     registrar = container(ds, "node-driver-registrar")
     driver = container(ds, "secrets-store")
     probe = container(ds, "liveness-probe")
-    registration = flag(registrar["args"], "--kubelet-registration-path")
+    registration = flag(expanded_args(objects, registrar), "--kubelet-registration-path")
     plugin_dir = volume(ds, "plugin-dir")["hostPath"]["path"]
     assert registration == f"{plugin_dir}/csi.sock"
     endpoint = str(socket_path(flag(driver["args"], "--endpoint")))
@@ -406,7 +416,7 @@ def test_driver_mounts_the_kubelet_pods_dir_bidirectionally(objects: list[dict[s
     assert pods["mountPropagation"] == "Bidirectional"
     # The kubelet sends host target paths: the driver must see them at the same path.
     assert pods["mountPath"] == volume(ds, "mountpoint-dir")["hostPath"]["path"]
-    assert pods["mountPath"] == "/var/lib/kubelet/pods"
+    assert pods["mountPath"] == f"{CCE_KUBELET_ROOT}/pods"
     assert driver["securityContext"]["privileged"] is True  # Bidirectional requires it
 
 
@@ -431,6 +441,90 @@ def test_only_the_driver_is_privileged(objects: list[dict[str, Any]]) -> None:
     assert provider["allowPrivilegeEscalation"] is False
     webhook_pod = webhook_deployment(objects)["spec"]["template"]["spec"]["securityContext"]
     assert webhook_pod["runAsNonRoot"] is True
+
+
+# --------------------------------------------------------------------------- the kubelet root
+
+
+@pytest.fixture(scope="module")
+def var_lib_kubelet_objects(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """deploy/ rendered (from a copy) with the switch deploy/README.md describes: the
+    component for /var/lib/kubelet enabled by uncommenting its lines in kustomization.yaml."""
+    copy = tmp_path_factory.mktemp("deploy") / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "kustomization.yaml"
+    text = kustomization.read_text()
+    commented = f"# components:\n#   - {VAR_LIB_KUBELET_COMPONENT}\n"
+    assert commented in text, "kustomization.yaml no longer carries the documented switch"
+    enabled = f"components:\n  - {VAR_LIB_KUBELET_COMPONENT}\n"
+    kustomization.write_text(text.replace(commented, enabled))
+    return render(copy)
+
+
+def kubelet_paths(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """Every path of csi-secrets-store below the kubelet root, as kubelet and containers get it."""
+    ds = driver_ds(objects)
+    registrar = container(ds, "node-driver-registrar")
+    driver = container(ds, "secrets-store")
+    return {
+        "plugin-dir hostPath": volume(ds, "plugin-dir")["hostPath"]["path"],
+        "registration-dir hostPath": volume(ds, "registration-dir")["hostPath"]["path"],
+        "mountpoint-dir hostPath": volume(ds, "mountpoint-dir")["hostPath"]["path"],
+        "mountpoint-dir mountPath": mount(driver, "mountpoint-dir")["mountPath"],
+        "--kubelet-registration-path": flag(
+            expanded_args(objects, registrar), "--kubelet-registration-path"
+        ),
+        "--kubelet-root": flag(expanded_args(objects, driver), "--kubelet-root"),
+    }
+
+
+@needs_kubectl
+@pytest.mark.parametrize(
+    ("variant", "root"), [("default", CCE_KUBELET_ROOT), ("component", "/var/lib/kubelet")]
+)
+def test_every_kubelet_path_follows_the_one_kubelet_root_setting(
+    objects: list[dict[str, Any]],
+    var_lib_kubelet_objects: list[dict[str, Any]],
+    variant: str,
+    root: str,
+) -> None:
+    rendered = objects if variant == "default" else var_lib_kubelet_objects
+    (config_map,) = [o for o in rendered if o["kind"] == "ConfigMap"]
+    assert config_map["data"]["kubelet_root_dir"] == root
+    assert kubelet_paths(rendered) == {
+        "plugin-dir hostPath": f"{root}/plugins/csi-secrets-store",
+        "registration-dir hostPath": f"{root}/plugins_registry",
+        # The same path inside the driver as on the host: the kubelet sends host paths.
+        "mountpoint-dir hostPath": f"{root}/pods",
+        "mountpoint-dir mountPath": f"{root}/pods",
+        "--kubelet-registration-path": f"{root}/plugins/csi-secrets-store/csi.sock",
+        "--kubelet-root": root,
+    }
+    driver = container(driver_ds(rendered), "secrets-store")
+    assert mount(driver, "mountpoint-dir")["mountPropagation"] == "Bidirectional"
+    config = driver_app.config_from_args(parse_cli(expanded_args(rendered, driver)))
+    assert config.kubelet_root == Path(root)
+    # The target paths this kubelet sends are the ones the driver accepts.
+    target = f"{root}/pods/0a1b/volumes/kubernetes.io~csi/secrets-store-inline/mount"
+    assert check_target_path(target, config.kubelet_root) == Path(target)
+    # No placeholder is left over, and the other root appears nowhere.
+    text = json.dumps(rendered)
+    assert "KUBELET_ROOT" not in text.replace("KUBELET_ROOT_DIR", "")
+    assert ("/var/lib/kubelet" if root == CCE_KUBELET_ROOT else CCE_KUBELET_ROOT) not in text
+
+
+def test_the_kubelet_root_is_written_only_in_config_env() -> None:
+    manifest = (DEPLOY / "csi-secrets-store.yaml").read_text()
+    for root in (CCE_KUBELET_ROOT, "/var/lib/kubelet"):
+        assert root not in manifest
+    assert f"kubelet_root_dir={CCE_KUBELET_ROOT}\n" in (DEPLOY / "config.env").read_text()
+    # The driver's own default is CCE's too, and its socket sits below the kubelet root.
+    args = parse_cli(["driver", "--node-id", NODE_NAME])
+    config = driver_app.config_from_args(args)
+    assert config.kubelet_root == driver_app.DEFAULT_KUBELET_ROOT == Path(CCE_KUBELET_ROOT)
+    assert socket_path(config.endpoint) == Path(
+        f"{CCE_KUBELET_ROOT}/plugins/csi-secrets-store/csi.sock"
+    )
 
 
 # --------------------------------------------------------------------------- CSIDriver, config

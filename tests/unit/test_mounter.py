@@ -1,26 +1,37 @@
-"""Mounters without root: mountinfo parsing, the dir mounter, tmpfs commands, publish helpers."""
+"""Mounters without root: mountinfo parsing, the dir mounter, tmpfs commands, publish helpers,
+target path checks, and what unpublish may remove (only the driver's own mount)."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import re
 import shutil
 import stat
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from dew_csi.driver import mounter as mounter_module
-from dew_csi.driver.atomic_writer import AtomicWriter, FileProjection, PayloadError, WriteError
+from dew_csi.driver.atomic_writer import (
+    AtomicWriter,
+    FileProjection,
+    PayloadError,
+    WriteError,
+    run_off_loop,
+)
 from dew_csi.driver.mounter import (
     DIR_MOUNT_MARKER,
     DirMounter,
     MountFailed,
     MountInfo,
+    TargetRefused,
     TmpfsMounter,
+    check_target_path,
     cleanup_mount_point,
     decode_mountinfo_field,
     ensure_mount_point,
@@ -310,12 +321,27 @@ async def test_dir_mounter_creates_the_target_with_mode_0750(tmp_path: Path) -> 
     assert mode_of(target) == 0o750
 
 
-async def test_dir_mounter_starts_empty_like_a_fresh_tmpfs(tmp_path: Path) -> None:
+async def test_dir_mounter_never_empties_a_directory_it_did_not_mount(tmp_path: Path) -> None:
+    # It used to empty it "like a fresh tmpfs": a tmpfs hides files, this deleted them.
     target = tmp_path / "mount"
     target.mkdir()
-    (target / "leftover").write_text("from an earlier life")
-    await DirMounter().mount(target)
-    assert os.listdir(target) == [DIR_MOUNT_MARKER]
+    (target / "leftover").write_bytes(b"from an earlier life\x00\xff")
+    mounter = DirMounter()
+    with pytest.raises(MountFailed, match="not empty and was not mounted by dew-csi"):
+        await mounter.mount(target)
+    assert (target / "leftover").read_bytes() == b"from an earlier life\x00\xff"
+    assert not mounter.is_mounted(target)
+    await mounter.unmount(target)  # not marked: not ours, nothing removed
+    assert os.listdir(target) == ["leftover"]
+
+
+async def test_dir_mounter_refuses_a_symlink(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "mount").symlink_to(elsewhere)
+    with pytest.raises(MountFailed, match="symbolic link"):
+        await DirMounter().mount(tmp_path / "mount")
+    assert os.listdir(elsewhere) == []
 
 
 async def test_dir_mounter_is_truthful_about_a_recreated_directory(tmp_path: Path) -> None:
@@ -346,11 +372,15 @@ async def test_dir_mounter_failure_is_a_mount_failure(tmp_path: Path) -> None:
 
 
 class FakeMounter:
-    """A mounter with stacked "mounts" whose unmount drops the contents, as tmpfs does."""
+    """A mounter with stacked "mounts" whose unmount drops the contents, as tmpfs does.
 
-    def __init__(self, layers: int = 0, *, stuck: bool = False) -> None:
+    `foreign`: the mounts are someone else's (say a bind mount of a host directory): `owns` is
+    false, and unmounting them deletes nothing."""
+
+    def __init__(self, layers: int = 0, *, stuck: bool = False, foreign: bool = False) -> None:
         self.layers = layers
         self.stuck = stuck
+        self.foreign = foreign
         self.unmounts = 0
 
     async def mount(self, target: Path) -> None:
@@ -360,6 +390,8 @@ class FakeMounter:
         self.unmounts += 1
         if not self.stuck and self.layers:
             self.layers -= 1
+            if self.foreign:
+                return
             for entry in os.listdir(target):
                 path = target / entry
                 if path.is_dir() and not path.is_symlink():
@@ -370,9 +402,13 @@ class FakeMounter:
     def is_mounted(self, target: Path) -> bool:
         return self.layers > 0
 
+    def owns(self, target: Path) -> bool:
+        return self.layers > 0 and not self.foreign
+
 
 async def test_ensure_mount_point_creates_a_missing_target(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b" / "mount"
+    target.parent.mkdir(parents=True)  # kubelet creates the volume directory
     previous = os.umask(0o077)
     try:
         assert await ensure_mount_point(target, DirMounter()) is False
@@ -475,7 +511,7 @@ async def test_cleanup_mount_point_logs_removal_errors_and_goes_on(
     (target / "stubborn").write_text("x")
     mounter = FakeMounter(layers=1)
 
-    def failing_remove_all(path: object) -> None:
+    def failing_remove_all(path: object, keep: object = ()) -> None:
         raise WriteError(f"cannot remove 1 of 1 entries in {path}: busy")
 
     monkeypatch.setattr(mounter_module, "remove_all", failing_remove_all)
@@ -500,3 +536,293 @@ async def test_cleanup_mount_point_reports_a_directory_it_cannot_remove(
         await cleanup_mount_point(target, FakeMounter(layers=0))
     monkeypatch.undo()
     assert target.is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# Target paths: only <kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount
+
+
+def kubelet_target(root: Path, uid: str = "uid-1", name: str = "secrets-store-inline") -> Path:
+    return root / "pods" / uid / "volumes" / "kubernetes.io~csi" / name / "mount"
+
+
+def test_check_target_path_accepts_what_kubelet_sends(tmp_path: Path) -> None:
+    target = kubelet_target(tmp_path, name="my vol")
+    assert check_target_path(str(target), tmp_path) == target  # nothing exists yet: fine
+    target.mkdir(parents=True)
+    assert check_target_path(str(target), tmp_path) == target
+    assert check_target_path(str(target), str(tmp_path) + "/") == target
+
+
+@pytest.mark.parametrize(
+    ("relative", "why"),
+    [
+        ("pods/uid/volumes/kubernetes.io~csi/v/mount/", "layout"),  # trailing slash
+        ("pods/uid/volumes/kubernetes.io~csi/v", "layout"),
+        ("pods/uid/volumes/kubernetes.io~csi/v/mount/x", "layout"),
+        ("pods//volumes/kubernetes.io~csi/v/mount", "layout"),  # empty uid
+        ("pods/uid/volumes/kubernetes.io~csi//mount", "layout"),  # empty name
+        ("pods/uid/volumes/kubernetes.io~empty-dir/v/mount", "layout"),
+        ("plugins/uid/volumes/kubernetes.io~csi/v/mount", "layout"),
+        ("pods/../volumes/kubernetes.io~csi/v/mount", "'..'"),
+        ("pods/uid/volumes/kubernetes.io~csi/../../../../etc/mount", "'..'"),
+        ("pods/./volumes/kubernetes.io~csi/v/mount", "'.'"),
+        ("pods/u\0id/volumes/kubernetes.io~csi/v/mount", "NUL"),
+    ],
+)
+def test_check_target_path_refuses_paths_kubelet_never_sends(
+    tmp_path: Path, relative: str, why: str
+) -> None:
+    with pytest.raises(TargetRefused, match=re.escape(why)) as caught:
+        check_target_path(f"{tmp_path}/{relative}", tmp_path)
+    assert caught.value.code == "INVALID_ARGUMENT"
+
+
+def test_check_target_path_refuses_relative_paths_and_other_roots(tmp_path: Path) -> None:
+    relative = "pods/uid/volumes/kubernetes.io~csi/v/mount"
+    with pytest.raises(TargetRefused, match="is not absolute"):
+        check_target_path(relative, tmp_path)
+    other = tmp_path / "other-root"
+    with pytest.raises(TargetRefused, match="outside the kubelet root") as caught:
+        check_target_path(str(kubelet_target(other)), tmp_path / "root")
+    assert caught.value.code == "INVALID_ARGUMENT"
+    assert f"--kubelet-root is {tmp_path / 'root'}" in caught.value.message
+    # A sibling whose name merely starts with the root's is outside it too.
+    with pytest.raises(TargetRefused, match="outside the kubelet root"):
+        check_target_path(str(kubelet_target(Path(f"{tmp_path}/root2"))), tmp_path / "root")
+
+
+@pytest.mark.parametrize("depth", ["pods", "uid", "volumes", "plugin", "name", "mount"])
+def test_check_target_path_refuses_a_symlink_below_the_root(tmp_path: Path, depth: str) -> None:
+    root = tmp_path / "kubelet"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    components = ["pods", "uid", "volumes", "kubernetes.io~csi", "name", "mount"]
+    index = ["pods", "uid", "volumes", "plugin", "name", "mount"].index(depth)
+    parent = root.joinpath(*components[:index])
+    parent.mkdir(parents=True)
+    (parent / components[index]).symlink_to(elsewhere)
+    with pytest.raises(TargetRefused, match="is a symbolic link") as caught:
+        check_target_path(str(root.joinpath(*components)), root)
+    assert caught.value.code == "FAILED_PRECONDITION"
+
+
+def test_check_target_path_allows_a_symlinked_kubelet_root(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "kubelet"
+    kubelet_target(real).mkdir(parents=True)
+    (tmp_path / "kubelet").symlink_to(real)
+    target = kubelet_target(tmp_path / "kubelet")
+    assert check_target_path(str(target), tmp_path / "kubelet") == target
+
+
+# ---------------------------------------------------------------------------------------------
+# Publish never mounts over, and unpublish never removes, what the driver did not mount
+
+
+def populate(directory: Path) -> dict[str, bytes]:
+    """Real files in a plain directory, as a node would have them; their bytes, by name."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {"app.conf": b"listen 80\n", "data.bin": bytes(range(256)), "sub/nested": b"\x00x"}
+    for name, contents in files.items():
+        (directory / name).parent.mkdir(exist_ok=True)
+        (directory / name).write_bytes(contents)
+    return files
+
+
+def contents_of(directory: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in directory.rglob("*")
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("mounter", [DirMounter(), FakeMounter()], ids=["dir", "tmpfs-like"])
+async def test_publish_refuses_to_mount_over_a_populated_directory(
+    tmp_path: Path, mounter: DirMounter | FakeMounter
+) -> None:
+    target = kubelet_target(tmp_path)
+    files = populate(target)
+    with pytest.raises(TargetRefused, match="holding files that dew-csi did not mount") as caught:
+        await ensure_mount_point(target, mounter)
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert contents_of(target) == files
+
+
+async def test_publish_refuses_a_symlinked_target(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "etc"
+    files = populate(elsewhere)
+    target = kubelet_target(tmp_path)
+    target.parent.mkdir(parents=True)
+    target.symlink_to(elsewhere)
+    with pytest.raises(TargetRefused, match="is a symbolic link"):
+        await ensure_mount_point(target, DirMounter())
+    assert contents_of(elsewhere) == files
+    assert target.is_symlink()
+
+
+async def test_publish_refuses_a_missing_volume_directory(tmp_path: Path) -> None:
+    # kubelet creates it: missing, the driver does not see the kubelet's pods directory.
+    target = kubelet_target(tmp_path)
+    with pytest.raises(TargetRefused, match="--kubelet-root") as caught:
+        await ensure_mount_point(target, DirMounter())
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert not (tmp_path / "pods").exists()
+
+
+@pytest.mark.parametrize("mounter", [DirMounter(), FakeMounter()], ids=["dir", "tmpfs-like"])
+async def test_unpublish_leaves_a_populated_plain_directory_untouched(
+    tmp_path: Path, mounter: DirMounter | FakeMounter
+) -> None:
+    target = kubelet_target(tmp_path)
+    files = populate(target)
+    with pytest.raises(TargetRefused, match="holding files that dew-csi did not mount") as caught:
+        await cleanup_mount_point(target, mounter)
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert contents_of(target) == files
+
+
+@pytest.mark.parametrize("mounter", [DirMounter(), FakeMounter()], ids=["dir", "tmpfs-like"])
+async def test_unpublish_never_follows_a_symlinked_target(
+    tmp_path: Path, mounter: DirMounter | FakeMounter
+) -> None:
+    elsewhere = tmp_path / "etc"
+    files = populate(elsewhere)
+    target = kubelet_target(tmp_path)
+    target.parent.mkdir(parents=True)
+    target.symlink_to(elsewhere)
+    with pytest.raises(TargetRefused, match="is a symbolic link") as caught:
+        await cleanup_mount_point(target, mounter)
+    assert caught.value.code == "FAILED_PRECONDITION"
+    assert contents_of(elsewhere) == files
+    assert target.is_symlink()
+
+
+async def test_unpublish_refuses_a_file_at_the_target(tmp_path: Path) -> None:
+    target = kubelet_target(tmp_path)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"not a directory")
+    with pytest.raises(TargetRefused, match="is not a directory"):
+        await cleanup_mount_point(target, DirMounter())
+    assert target.read_bytes() == b"not a directory"
+
+
+async def test_unpublish_removes_an_empty_directory(tmp_path: Path) -> None:
+    target = kubelet_target(tmp_path)
+    target.mkdir(parents=True)
+    await cleanup_mount_point(target, DirMounter())
+    assert not target.exists()
+    assert target.parent.is_dir()  # kubelet's directory stays
+
+
+async def test_unpublish_unmounts_a_foreign_mount_without_emptying_it(tmp_path: Path) -> None:
+    target = kubelet_target(tmp_path)
+    files = populate(target)
+    mounter = FakeMounter(layers=1, foreign=True)  # say a bind mount of a host directory
+    with pytest.raises(TargetRefused, match="holding files"):
+        await cleanup_mount_point(target, mounter)
+    assert mounter.unmounts == 1  # unmounting deletes nothing
+    assert contents_of(target) == files
+
+
+async def test_unpublish_empties_and_unmounts_the_drivers_own_mount(tmp_path: Path) -> None:
+    target = kubelet_target(tmp_path)
+    target.parent.mkdir(parents=True)
+    mounter = DirMounter()
+    await mounter.mount(target)
+    AtomicWriter(target).write([FileProjection("password", 0o600, b"pw")])
+    await cleanup_mount_point(target, mounter)
+    assert not target.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# owns: the only place secrets are written
+
+
+def test_dir_mounter_owns_only_its_marked_directory(tmp_path: Path) -> None:
+    target = tmp_path / "mount"
+    target.mkdir()
+    mounter = DirMounter()
+    assert not mounter.owns(target)
+    (target / DIR_MOUNT_MARKER).write_bytes(b"")
+    assert mounter.owns(target)
+    alias = tmp_path / "alias"
+    alias.symlink_to(target)
+    assert not mounter.owns(alias)
+    assert not mounter.owns(tmp_path / "missing")
+
+
+def mountinfo_for(
+    tmp_path: Path,
+    target: Path,
+    fs_type: str,
+    *,
+    device: str | None = None,
+    root: str = "/",
+    also_at: str | None = None,
+) -> str:
+    """A mountinfo file with a mount at `target` whose device is the target's own (optionally
+    of a subdirectory `root` of its filesystem, and also mounted at `also_at`)."""
+    status = os.stat(target)
+    device = device or f"{os.major(status.st_dev)}:{os.minor(status.st_dev)}"
+    point = os.path.realpath(target).replace(" ", "\\040")
+    lines = [f"90 22 {device} {root} {point} rw - {fs_type} x rw"]
+    if also_at is not None:
+        lines.insert(0, f"89 22 {device} / {also_at} rw - {fs_type} x rw")
+    mountinfo = tmp_path / f"mountinfo-{fs_type}-{len(lines)}-{root.strip('/')}"
+    mountinfo.write_text(SAMPLE_MOUNTINFO + "\n".join(lines) + "\n")
+    return str(mountinfo)
+
+
+def test_tmpfs_mounter_owns_only_a_tmpfs_mounted_exactly_there(tmp_path: Path) -> None:
+    target = tmp_path / "my mount"
+    target.mkdir()
+    assert TmpfsMounter(mountinfo_path=mountinfo_for(tmp_path, target, "tmpfs")).owns(target)
+    # Another filesystem (the node's disk, a bind mount) is not ours.
+    assert not TmpfsMounter(mountinfo_path=mountinfo_for(tmp_path, target, "ext4")).owns(target)
+    # A tmpfs stacked under another mount is not the one a write would reach.
+    hidden = mountinfo_for(tmp_path, target, "tmpfs", device="0:999999")
+    assert not TmpfsMounter(mountinfo_path=hidden).owns(target)
+    # A bind mount of a shared tmpfs (/dev/shm), or of a directory in one, is not ours.
+    shared = mountinfo_for(tmp_path, target, "tmpfs", also_at="/dev/shm")
+    assert not TmpfsMounter(mountinfo_path=shared).owns(target)
+    subdirectory = mountinfo_for(tmp_path, target, "tmpfs", root="/node-files")
+    assert not TmpfsMounter(mountinfo_path=subdirectory).owns(target)
+    # Nothing mounted there at all (the real mountinfo): a plain directory on disk.
+    assert not TmpfsMounter().owns(target)
+    # A symlink to a tmpfs mount point is not a tmpfs mounted at the target.
+    alias = tmp_path / "alias"
+    alias.symlink_to(target)
+    mountinfo = mountinfo_for(tmp_path, target, "tmpfs")
+    assert not TmpfsMounter(mountinfo_path=mountinfo).owns(alias)
+    assert not TmpfsMounter(mountinfo_path=str(tmp_path / "unreadable")).owns(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# run_off_loop: writes and fsyncs in a worker thread
+
+
+async def test_run_off_loop_runs_the_work_in_another_thread() -> None:
+    loop_thread = threading.get_ident()
+    assert await run_off_loop(threading.get_ident) != loop_thread
+
+
+async def test_a_cancelled_caller_waits_for_the_write_to_finish() -> None:
+    started, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def slow_write() -> str:
+        started.set()
+        release.wait(5)
+        finished.append("written")
+        return "written"
+
+    task = asyncio.ensure_future(run_off_loop(slow_write))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still waiting for the write, though cancelled
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished == ["written"]

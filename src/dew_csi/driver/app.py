@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,11 @@ from dew_csi.driver.identity import ControllerServicer, IdentityServicer
 from dew_csi.driver.metrics import DriverMetrics
 from dew_csi.driver.mounter import DirMounter, Mounter, TmpfsMounter
 from dew_csi.driver.node import NodeServicer
-from dew_csi.driver.provider_client import DEFAULT_PROVIDER_DIRS, ProviderClients
+from dew_csi.driver.provider_client import (
+    DEFAULT_PROVIDER_DIRS,
+    MAX_RECEIVE_BYTES,
+    ProviderClients,
+)
 from dew_csi.driver.rotation import RotationReconciler, parse_rotation_interval
 from dew_csi.driver.spc_watch import SpcChangeWatcher
 from dew_csi.driver.volumes import VolumeManager
@@ -30,6 +35,11 @@ from dew_csi.service import serve_metrics, until_terminated
 log = logging.getLogger(__name__)
 
 MOUNTERS: Final = ("tmpfs", "dir")
+# CCE's kubelet root (the guide's SPCPS targetPath and csi.sock address show it); upstream
+# Kubernetes uses /var/lib/kubelet. deploy/config.env kubelet_root_dir sets it on a cluster.
+DEFAULT_KUBELET_ROOT: Final = Path("/mnt/paas/kubernetes/kubelet")
+# The CSI socket below the kubelet root, as upstream's DaemonSet places it.
+PLUGIN_SOCKET: Final = "plugins/csi-secrets-store/csi.sock"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,10 @@ class DriverConfig:
     kubeconfig: str | None = None
     metrics_addr: str | None = None
     provider_timeout: float = 60.0
+    kubelet_root: Path = DEFAULT_KUBELET_ROOT
+    """Target paths must lie at <kubelet_root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount."""
+    max_call_recv_msg_size: int = MAX_RECEIVE_BYTES
+    """The largest provider response accepted, in bytes (upstream's --max-call-recv-msg-size)."""
 
 
 def make_mounter(name: str) -> Mounter:
@@ -59,7 +73,7 @@ class Driver:
         self.config = config
         self.metrics = DriverMetrics()
         self._kube = kube.Kube.from_options(config.kubeconfig)
-        self._providers = ProviderClients(config.provider_dirs)
+        self._providers = ProviderClients(config.provider_dirs, config.max_call_recv_msg_size)
         # One SPC watch serves both change detection and every remount's read of its SPC.
         spc_cache = kube.WatchCache(self._kube, kube.SECRET_PROVIDER_CLASS)
         self.volumes = VolumeManager(
@@ -93,9 +107,11 @@ class Driver:
         server = grpc.aio.server()
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), server)
         # The generated stubs mark every RPC abstract; the RPCs we do not implement answer
-        # UNIMPLEMENTED through the generated base class, as upstream's do.
+        # UNIMPLEMENTED (identity.answer_unimplemented), as upstream's do.
         controller = ControllerServicer()  # type: ignore[abstract]
-        node = NodeServicer(self.volumes, self.metrics, self.config.node_id)  # type: ignore[abstract]
+        node = NodeServicer(  # type: ignore[abstract]
+            self.volumes, self.metrics, self.config.node_id, kubelet_root=self.config.kubelet_root
+        )
         csi_pb2_grpc.add_ControllerServicer_to_server(controller, server)
         csi_pb2_grpc.add_NodeServicer_to_server(node, server)
         await serve_on_socket(server, self.socket)
@@ -123,9 +139,16 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
     provider_dirs = (
         tuple(Path(d) for d in args.provider_dir) if args.provider_dir else DEFAULT_PROVIDER_DIRS
     )
-    socket_path(args.endpoint)  # refuse a malformed endpoint at start-up
+    kubelet_root = _kubelet_root(args.kubelet_root)
+    endpoint = args.endpoint or f"unix://{kubelet_root / PLUGIN_SOCKET}"
+    socket_path(endpoint)  # refuse a malformed endpoint at start-up
+    if args.max_call_recv_msg_size <= 0:
+        raise ValueError(
+            f"--max-call-recv-msg-size must be a positive number of bytes, "
+            f"not {args.max_call_recv_msg_size}"
+        )
     return DriverConfig(
-        endpoint=args.endpoint,
+        endpoint=endpoint,
         node_id=args.node_id,
         provider_dirs=provider_dirs,
         rotation_interval=parse_rotation_interval(
@@ -134,7 +157,28 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         mounter=args.mounter,
         kubeconfig=args.kubeconfig,
         metrics_addr=args.metrics_addr or None,
+        kubelet_root=kubelet_root,
+        max_call_recv_msg_size=args.max_call_recv_msg_size,
     )
+
+
+def _kubelet_root(text: str) -> Path:
+    if "\0" in text or not text.startswith("/"):
+        raise ValueError(f"--kubelet-root must be an absolute path, not {text!r}")
+    return Path("/" + os.path.normpath(text).lstrip("/"))
+
+
+def check_kubelet_root(config: DriverConfig) -> None:
+    """ValueError unless the kubelet root is a directory here: with a wrong root, or the
+    kubelet's directories not mounted into the container, the driver would mount into its own
+    filesystem and report success while the pod sees an empty volume."""
+    if not config.kubelet_root.is_dir():
+        raise ValueError(
+            f"kubelet root {config.kubelet_root} does not exist in the driver's filesystem: "
+            "set --kubelet-root to the kubelet's --root-dir (deploy/config.env kubelet_root_dir; "
+            "CCE /mnt/paas/kubernetes/kubelet, elsewhere usually /var/lib/kubelet) and mount "
+            "its pods directory into the driver container at the same path"
+        )
 
 
 async def run(config: DriverConfig) -> None:
@@ -154,6 +198,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         make_mounter(config.mounter)
+        check_kubelet_root(config)
     except ValueError as error:
         print(f"dew-csi driver: {error}", file=sys.stderr, flush=True)
         return 2

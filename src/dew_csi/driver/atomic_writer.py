@@ -26,11 +26,13 @@ Deliberate differences from Kubernetes' writer (all in the direction of correctn
   current Kubernetes variant does, kubernetes#121472).
 
 The writer makes no concurrency guarantee: callers serialise writes to one target directory.
-Everything here is synchronous filesystem work; async callers run it with `asyncio.to_thread`.
+Everything here is synchronous filesystem work; async callers run it through `run_off_loop`
+(a worker thread that a cancelled caller still waits for).
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -39,9 +41,9 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from dew_csi.logs import fields
 
@@ -58,6 +60,8 @@ _GENERATION_PREFIX_FORMAT: Final = "..%Y_%m_%d_%H_%M_%S."
 _GENERATION_NAME: Final = re.compile(r"\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[A-Za-z0-9_]+")
 _DIR_MODE: Final = 0o755
 _QUOTED_PATH_MAX: Final = 80
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -515,3 +519,27 @@ class AtomicWriter:
                     "Cannot remove an old generation",
                     extra=fields(target=self._target, generation=name, error=str(exc)),
                 )
+
+
+async def run_off_loop(work: Callable[[], T]) -> T:
+    """Run `work` (a write with its fsyncs) in a worker thread, so the event loop keeps serving.
+
+    A write cannot be called off halfway. When the caller is cancelled this still waits for the
+    thread to finish before it re-raises the cancellation, so what the caller does next (a failed
+    first mount unmounts its tmpfs) never races a write that is still going on: were the tmpfs
+    unmounted under it, the rest of the write would land on the disk below.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait for the thread
+            except Exception:  # the write's own error; the caller is cancelled all the same
+                break
+        if not future.cancelled():
+            future.exception()  # retrieved: no "exception was never retrieved" warning
+        raise

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
 from google.protobuf import wrappers_pb2
 
 from dew_csi import DRIVER_NAME, __version__
 from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
 
 Context = object  # grpc.aio.ServicerContext, unused by these answers
+
+
+def _unimplemented(service: str, method: str) -> Callable[[Any, Any, Any], Awaitable[None]]:
+    async def rpc(self: Any, request: Any, context: Any) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"{service}.{method} is not implemented by {DRIVER_NAME}, a node plugin for inline "
+            "ephemeral volumes",
+        )
+
+    rpc.__name__ = rpc.__qualname__ = method
+    return rpc
+
+
+def answer_unimplemented(servicer: type, service: str) -> None:
+    """Give `servicer` an RPC answering UNIMPLEMENTED for each method of `csi.v1.<service>` it
+    does not define itself.
+
+    The generated base classes raise NotImplementedError from a synchronous method; gRPC answers
+    UNIMPLEMENTED then too, but logs the exception with a traceback for every such call (a CO
+    probing the Controller service would fill the driver's log). `context.abort` is the quiet way.
+    """
+    for method in csi_pb2.DESCRIPTOR.services_by_name[service].methods:
+        if method.name not in vars(servicer):
+            setattr(servicer, method.name, _unimplemented(service, method.name))
 
 
 class IdentityServicer(csi_pb2_grpc.IdentityServicer):
@@ -35,7 +64,7 @@ class IdentityServicer(csi_pb2_grpc.IdentityServicer):
 
 
 class ControllerServicer(csi_pb2_grpc.ControllerServicer):
-    """Every other Controller RPC answers UNIMPLEMENTED (the generated base class)."""
+    """Every other Controller RPC answers UNIMPLEMENTED (`answer_unimplemented` below)."""
 
     async def ControllerGetCapabilities(
         self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: Context
@@ -46,3 +75,6 @@ class ControllerServicer(csi_pb2_grpc.ControllerServicer):
         return csi_pb2.ControllerGetCapabilitiesResponse(
             capabilities=[csi_pb2.ControllerServiceCapability(rpc=rpc)]
         )
+
+
+answer_unimplemented(ControllerServicer, "Controller")

@@ -7,8 +7,16 @@ Two mounters share the `Mounter` protocol:
   does. Secrets therefore live in memory only and vanish with the mount.
 - `DirMounter` (no root, for the sandbox and tests): "mounting" creates the directory and a
   marker file `..dew-csi-mounted` inside it. Names starting with `..` are reserved for the atomic
-  writer and refused in payloads, so the marker cannot collide with a secret file; the upstream
-  unpublish step "remove every child of the target" removes it, which is exactly an unmount.
+  writer and refused in payloads, so the marker cannot collide with a secret file.
+
+Only what the driver mounted is ever emptied or removed (DESIGN 2.3). A target must be
+`<kubelet-root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount` with no symlink below the
+kubelet root (`check_target_path`); secrets are written only where `Mounter.owns` says the driver's
+own mount is (a tmpfs at exactly that path, or the DirMounter's marked directory); unpublish
+unmounts and then removes the mount point only if it is an empty directory. A plain directory
+holding files, a symlink or a file at the target is refused (`TargetRefused`) and left as it is:
+upstream's unpublish empties whatever is at the target, which deletes real files when the target
+is not a mount or is a symlink to somewhere else.
 
 Mount state comes from `/proc/self/mountinfo`, compared exactly after decoding the kernel's octal
 escapes; `os.path.ismount` is the fallback when mountinfo cannot be read. mountinfo also sees a
@@ -56,6 +64,21 @@ _COMMAND_TIMEOUT_SECONDS: Final = 30.0
 _MAX_STACKED_MOUNTS: Final = 8
 
 
+class TargetRefused(Exception):
+    """The driver will not publish to or unpublish this target; nothing was changed.
+
+    `code` is the gRPC status name: INVALID_ARGUMENT for a path kubelet would never send
+    (relative, outside the kubelet root, `..`), FAILED_PRECONDITION for what is on the disk
+    (a symlink, a file, a directory holding files that the driver did not mount), which someone
+    must fix before a retry can succeed.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class MountFailed(Exception):
     """A mount or unmount failed; the message carries the command and its stderr."""
 
@@ -68,13 +91,20 @@ class MountFailed(Exception):
 
 
 class Mounter(Protocol):
-    """What the node servicer needs from a mounter. `mount` and `unmount` are idempotent."""
+    """What the node servicer needs from a mounter. `mount` and `unmount` are idempotent.
+
+    `is_mounted`: anything is mounted at the target (ours or not). `owns`: the driver's own
+    mount is there, the only place secrets may be written; synchronous, so it can run in the
+    writer's thread right before the write.
+    """
 
     async def mount(self, target: Path) -> None: ...
 
     async def unmount(self, target: Path) -> None: ...
 
     def is_mounted(self, target: Path) -> bool: ...
+
+    def owns(self, target: Path) -> bool: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +197,71 @@ def is_mount_point(path: str | os.PathLike[str], *, mountinfo_path: str = MOUNTI
             extra=fields(mountinfo=mountinfo_path, error=str(exc)),
         )
         return os.path.ismount(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Target paths
+
+# The layout below the kubelet root of an inline CSI volume's target (kubelet's getTargetPath).
+TARGET_LAYOUT: Final = "pods/<pod uid>/volumes/kubernetes.io~csi/<volume name>/mount"
+
+
+def _refuse_layout(target: str, root: str, why: str) -> TargetRefused:
+    return TargetRefused(
+        "INVALID_ARGUMENT",
+        f"target path {target!r} {why}: the driver publishes only to "
+        f"{root.rstrip('/')}/{TARGET_LAYOUT} (its --kubelet-root is {root})",
+    )
+
+
+def check_target_path(target: str, kubelet_root: str | os.PathLike[str]) -> Path:
+    """`target` as a Path when it is a volume mount path kubelet would send; else TargetRefused.
+
+    Rules: absolute, no NUL, no `.`/`..`/empty components, exactly `<kubelet_root>/pods/<uid>/
+    volumes/kubernetes.io~csi/<name>/mount`, and no component below the kubelet root is a
+    symlink (those that exist are lstat'ed; none is followed). The kubelet root itself may be
+    reached through symlinks: it is configuration, not something a pod can influence.
+    """
+    root = os.fspath(kubelet_root)
+    if "\0" in target:
+        raise _refuse_layout(target, root, "contains a NUL character")
+    if not target.startswith("/"):
+        raise _refuse_layout(target, root, "is not absolute")
+    if any(part in (".", "..") for part in target.split("/")):
+        raise _refuse_layout(target, root, "has a '.' or '..' component")
+    prefix = root.rstrip("/") + "/"
+    if not target.startswith(prefix):
+        raise _refuse_layout(target, root, "is outside the kubelet root")
+    parts = target[len(prefix) :].split("/")
+    if (
+        len(parts) != 6
+        or parts[0] != "pods"
+        or parts[2] != "volumes"
+        or parts[3] != "kubernetes.io~csi"
+        or parts[5] != "mount"
+        or not parts[1]
+        or not parts[4]
+    ):
+        raise _refuse_layout(target, root, "does not have the layout of a CSI volume's target")
+    path = prefix.rstrip("/")
+    for depth, part in enumerate(parts, start=1):
+        path = f"{path}/{part}"
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            break  # nothing below a missing directory exists either
+        except OSError as exc:
+            if depth == len(parts) and _is_corrupt(exc):
+                break  # a corrupt mount at the target itself: publish and unpublish handle it
+            raise TargetRefused("INTERNAL", f"cannot inspect {path}: {exc.strerror}") from exc
+        if stat.S_ISLNK(mode):
+            raise TargetRefused(
+                "FAILED_PRECONDITION",
+                f"{path} is a symbolic link: the driver follows no symlink below the kubelet root "
+                f"{root}, so it neither mounts on nor removes {target}; kubelet never creates "
+                "one there, so remove it",
+            )
+    return Path(target)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,15 +361,41 @@ class TmpfsMounter:
     def is_mounted(self, target: Path) -> bool:
         return is_mount_point(target, mountinfo_path=self._mountinfo_path)
 
+    def owns(self, target: Path) -> bool:
+        """True when the filesystem seen at `target` is a tmpfs of its own mounted exactly there.
+
+        The visible mount is the one whose device is the target's (stacked mounts share a mount
+        point). It must be a whole tmpfs (root `/`) seen nowhere else: a bind mount of a shared
+        tmpfs such as /dev/shm or /run (or of a directory in one) shows its device at its
+        original mount point too, and emptying it would delete the node's files. `target` must
+        be a directory, not a symlink. Anything else, or an unreadable mountinfo, is False: then
+        no secret is written (rather than one that might land on the node's disk) and nothing
+        is emptied.
+        """
+        try:
+            status = os.lstat(target)
+            mounts = read_mountinfo(self._mountinfo_path)
+        except (OSError, ValueError):
+            return False
+        if not stat.S_ISDIR(status.st_mode):
+            return False
+        point = _normalise_mount_point(target)
+        device = f"{os.major(status.st_dev)}:{os.minor(status.st_dev)}"
+        same_device = [m for m in mounts if m.device == device]
+        return bool(same_device) and all(
+            m.mount_point == point and m.fs_type == "tmpfs" and m.root == "/" for m in same_device
+        )
+
 
 class DirMounter:
     """A mounter for running without root: a plain directory plus a marker file.
 
-    `mount` creates the directory (0750), empties it (a new tmpfs starts empty) and creates the
-    marker `..dew-csi-mounted`; `is_mounted` is true while the directory holds that marker, so it
-    cannot claim a directory that was removed and re-created; `unmount` removes the contents
-    (they vanish with a tmpfs too) and then the marker. Secrets are on disk, not in memory:
-    for development and tests only.
+    `mount` creates the directory (0750) and the marker `..dew-csi-mounted` in it; it refuses a
+    symlink and a directory that already holds anything (it never empties one). `is_mounted` and
+    `owns` are true while the directory holds that marker, so it cannot claim a directory that was
+    removed and re-created; `unmount` of a marked directory removes the contents (they vanish
+    with a tmpfs too) and then the marker, and leaves an unmarked one alone. Secrets are on disk,
+    not in memory: for development and tests only.
     """
 
     async def mount(self, target: Path) -> None:
@@ -291,13 +412,28 @@ class DirMounter:
         except OSError:
             return False
 
+    def owns(self, target: Path) -> bool:
+        try:
+            is_directory = stat.S_ISDIR(os.lstat(target).st_mode)
+        except OSError:
+            return False
+        return is_directory and self.is_mounted(target)
+
     @staticmethod
     def _mount(target: str) -> None:
         try:
+            if os.path.islink(target):
+                raise MountFailed(f"cannot mount directory {target}: it is a symbolic link")
             if not os.path.isdir(target):
                 os.makedirs(target, mode=MOUNT_POINT_MODE, exist_ok=True)
                 os.chmod(target, MOUNT_POINT_MODE)
-            remove_all(target)
+            if os.listdir(target):
+                # A tmpfs mounted here would hide these files; a directory cannot, and emptying
+                # it would delete files the driver never wrote.
+                raise MountFailed(
+                    f"cannot mount directory {target}: it is not empty and was not mounted by "
+                    "dew-csi"
+                )
             fd = os.open(
                 os.path.join(target, DIR_MOUNT_MARKER),
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -307,8 +443,9 @@ class DirMounter:
         except (OSError, WriteError) as exc:
             raise MountFailed(f"cannot mount directory {target}: {exc}") from exc
 
-    @staticmethod
-    def _unmount(target: str) -> None:
+    def _unmount(self, target: str) -> None:
+        if not self.owns(Path(target)):
+            return  # not our marked directory: nothing of ours to remove
         try:
             # Contents first and the marker last, so a failure leaves it "mounted".
             remove_all(target, keep={DIR_MOUNT_MARKER})
@@ -330,14 +467,34 @@ def _is_corrupt(exc: OSError) -> bool:
 async def ensure_mount_point(target: Path, mounter: Mounter) -> bool:
     """Prepare `target` for publishing; True when a healthy mount is already there.
 
-    A missing target is created (0750, whatever the umask). A mount whose filesystem is gone
-    (listing fails with ENOTCONN, ESTALE or EIO) is unmounted and reported as not mounted, so
-    the caller mounts afresh.
+    A missing target is created (0750, whatever the umask) in its volume directory, which kubelet
+    creates before it calls NodePublishVolume: a missing volume directory means the driver does
+    not see the kubelet's pods directory (wrong --kubelet-root, or the directory is not mounted
+    into the driver's container), and mounting there would fill a directory no pod sees. A mount
+    whose filesystem is gone (listing fails with ENOTCONN, ESTALE or EIO) is unmounted and
+    reported as not mounted, so the caller mounts afresh. A symlink, a file, or a directory
+    holding files that nothing is mounted on is refused (`TargetRefused`), never emptied.
     """
     try:
-        os.lstat(target)
+        mode = os.lstat(target).st_mode
     except FileNotFoundError:
-        os.makedirs(target, mode=MOUNT_POINT_MODE, exist_ok=True)
+        try:
+            parent_mode = os.lstat(target.parent).st_mode
+        except OSError:
+            parent_mode = 0
+        if not stat.S_ISDIR(parent_mode):
+            raise TargetRefused(
+                "FAILED_PRECONDITION",
+                f"the volume directory {target.parent} does not exist for the driver: kubelet "
+                "creates it before NodePublishVolume, so the driver's --kubelet-root, or the "
+                "kubelet pods directory mounted into its container, is not the kubelet's",
+            ) from None
+        try:
+            os.mkdir(target, MOUNT_POINT_MODE)  # never follows a symlink planted meanwhile
+        except FileExistsError:
+            raise TargetRefused(
+                "FAILED_PRECONDITION", f"{target} appeared while the driver was creating it"
+            ) from None
         os.chmod(target, MOUNT_POINT_MODE)
         return False
     except OSError as exc:
@@ -345,7 +502,11 @@ async def ensure_mount_point(target: Path, mounter: Mounter) -> bool:
             raise
         await _unmount_corrupt(target, mounter, exc)
         return False
+    if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+        raise _not_ours(target, mode, "publish to")
     if not mounter.is_mounted(target):
+        if await asyncio.to_thread(os.listdir, target):
+            raise _not_ours(target, mode, "mount over")
         return False
     try:
         await asyncio.to_thread(os.listdir, target)
@@ -357,6 +518,20 @@ async def ensure_mount_point(target: Path, mounter: Mounter) -> bool:
     return True
 
 
+def _not_ours(target: Path, mode: int, action: str) -> TargetRefused:
+    if stat.S_ISLNK(mode):
+        what = "is a symbolic link"
+    elif not stat.S_ISDIR(mode):
+        what = "is not a directory"
+    else:
+        what = "is a directory holding files that dew-csi did not mount"
+    return TargetRefused(
+        "FAILED_PRECONDITION",
+        f"{target} {what}; the driver does not {action} it and leaves it as it is "
+        "(it only ever removes a mount of its own or an empty directory)",
+    )
+
+
 async def _unmount_corrupt(target: Path, mounter: Mounter, cause: OSError) -> None:
     log.warning(
         "Unmounting corrupt mount point",
@@ -366,14 +541,17 @@ async def _unmount_corrupt(target: Path, mounter: Mounter, cause: OSError) -> No
 
 
 async def cleanup_mount_point(target: Path, mounter: Mounter) -> None:
-    """Unpublish `target`: remove its contents, unmount it (stacked mounts too), remove it.
+    """Unpublish `target`: unmount it (stacked mounts too) and remove the empty mount point.
 
-    A target that does not exist is fine (unpublish is idempotent). Failing to remove contents
-    is logged, not fatal, as upstream: the unmount drops a tmpfs's contents anyway, and the
-    final rmdir reports whatever is left.
+    Only the driver's own mount is emptied (`mounter.owns`: its files are removed first, so no
+    secret outlives a failing unmount, as upstream does); another filesystem mounted there is
+    unmounted, which deletes nothing. The mount point is then removed with rmdir, which removes
+    only an empty directory: a directory still holding files, a symlink or a file is refused
+    with `TargetRefused` and left untouched. A target that does not exist is fine (unpublish is
+    idempotent); a corrupt mount is unmounted without being listed.
     """
     try:
-        os.lstat(target)
+        mode = os.lstat(target).st_mode
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -384,13 +562,17 @@ async def cleanup_mount_point(target: Path, mounter: Mounter) -> None:
             extra=fields(target=os.fspath(target), error=os.strerror(exc.errno or 0)),
         )
     else:
-        try:
-            await asyncio.to_thread(remove_all, target)
-        except WriteError as exc:
-            log.warning(
-                "Cannot remove every file of the volume",
-                extra=fields(target=os.fspath(target), error=str(exc)),
-            )
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            raise _not_ours(target, mode, "unpublish")
+        if mounter.owns(target):
+            try:
+                # The DirMounter's marker goes with its unmount, last.
+                await asyncio.to_thread(remove_all, target, keep={DIR_MOUNT_MARKER})
+            except WriteError as exc:
+                log.warning(
+                    "Cannot remove every file of the volume",
+                    extra=fields(target=os.fspath(target), error=str(exc)),
+                )
     for _ in range(_MAX_STACKED_MOUNTS):
         if not mounter.is_mounted(target):
             break
@@ -403,6 +585,8 @@ async def cleanup_mount_point(target: Path, mounter: Mounter) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise _not_ours(target, stat.S_IFDIR, "unpublish") from None
         raise MountFailed(f"cannot remove mount point {target}: {exc}") from exc
 
 

@@ -1,4 +1,9 @@
-"""CSI Node servicer: validates requests and hands them to the VolumeManager."""
+"""CSI Node servicer: validates requests and hands them to the VolumeManager.
+
+Every target path is checked first (`check_target_path`): only `<kubelet-root>/pods/<uid>/volumes/
+kubernetes.io~csi/<name>/mount`, with no symlink below the kubelet root, is published or
+unpublished. Every failure answers a status code with a message; none is UNKNOWN.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from typing import Any
 import grpc
 
 from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
+from dew_csi.driver.identity import answer_unimplemented
 from dew_csi.driver.metrics import DriverMetrics
+from dew_csi.driver.mounter import MountFailed, TargetRefused, check_target_path
 from dew_csi.driver.volumes import PublishError, PublishRequest, VolumeManager
 from dew_csi.grpc_socket import status_details
 from dew_csi.logs import fields
@@ -23,11 +30,22 @@ async def _invalid(context: Context, message: str) -> None:
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def _as_publish_error(failure: TargetRefused | MountFailed | PublishError) -> PublishError:
+    if isinstance(failure, TargetRefused):
+        return PublishError(failure.code, "UnexpectedTargetPath", failure.message)
+    if isinstance(failure, MountFailed):
+        return PublishError("INTERNAL", "FailedToMount", f"mounting failed: {failure}")
+    return failure
+
+
 class NodeServicer(csi_pb2_grpc.NodeServicer):
-    def __init__(self, volumes: VolumeManager, metrics: DriverMetrics, node_id: str) -> None:
+    def __init__(
+        self, volumes: VolumeManager, metrics: DriverMetrics, node_id: str, *, kubelet_root: Path
+    ) -> None:
         self._volumes = volumes
         self._metrics = metrics
         self._node_id = node_id
+        self._kubelet_root = kubelet_root
 
     async def NodePublishVolume(
         self, request: csi_pb2.NodePublishVolumeRequest, context: Context
@@ -61,8 +79,10 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
             ),
         )
         try:
+            check_target_path(request.target_path, self._kubelet_root)
             await self._volumes.publish(publish)
-        except PublishError as error:
+        except (TargetRefused, MountFailed, PublishError) as failure:
+            error = _as_publish_error(failure)
             self._metrics.publish_failed("cce", error.reason)
             log.error(
                 "NodePublishVolume failed",
@@ -81,10 +101,19 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         if not request.target_path:
             await _invalid(context, "Target path missing in request")
         try:
-            await self._volumes.unpublish(Path(request.target_path))
-        except OSError as error:
+            target = check_target_path(request.target_path, self._kubelet_root)
+            await self._volumes.unpublish(target)
+        except (TargetRefused, MountFailed, OSError) as failure:
+            if isinstance(failure, TargetRefused):
+                code, message = failure.code, failure.message
+            else:
+                code, message = "INTERNAL", f"unmounting {request.target_path} failed: {failure}"
             self._metrics.unpublish_failed()
-            await context.abort(grpc.StatusCode.INTERNAL, f"unmounting failed: {error}")
+            log.error(
+                "NodeUnpublishVolume failed",
+                extra=fields(target=request.target_path, error=message),
+            )
+            await context.abort(getattr(grpc.StatusCode, code), status_details(message))
         self._metrics.unpublished()
         return csi_pb2.NodeUnpublishVolumeResponse()
 
@@ -122,3 +151,8 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         self, request: csi_pb2.NodeGetInfoRequest, context: Context
     ) -> csi_pb2.NodeGetInfoResponse:
         return csi_pb2.NodeGetInfoResponse(node_id=self._node_id)
+
+
+# NodeGetVolumeStats and NodeExpandVolume: UNIMPLEMENTED with a message, as upstream, without
+# the generated base class's NotImplementedError (which gRPC logs with a traceback).
+answer_unimplemented(NodeServicer, "Node")

@@ -112,7 +112,7 @@ class ProviderClients:
                 error.details() or ""
             ):
                 raise ProviderError(
-                    "GRPCProviderError",
+                    "RESOURCE_EXHAUSTED",
                     f"the provider's answer is larger than {self._max_receive} bytes; "
                     f"raise --max-call-recv-msg-size or mount fewer/smaller secrets",
                 ) from None

@@ -32,12 +32,14 @@ from dew_csi.driver.atomic_writer import (
     FileProjection,
     PayloadError,
     WriteError,
+    run_off_loop,
     validate_payload,
 )
 from dew_csi.driver.metrics import DriverMetrics
 from dew_csi.driver.mounter import (
     Mounter,
     MountFailed,
+    TargetRefused,
     cleanup_mount_point,
     ensure_mount_point,
 )
@@ -204,10 +206,14 @@ class VolumeManager:
                 if not await ensure_mount_point(target, self._mounter):
                     await self._mounter.mount(target)
                     mounted_here = True
+            except TargetRefused as refused:
+                reason = "FailedToEnsureMountPoint"
+                raise PublishError(refused.code, reason, refused.message) from None
             except (MountFailed, OSError) as error:
-                raise PublishError("INTERNAL", "FailedToMount", str(error)) from None
+                message = f"mounting failed: {error}"
+                raise PublishError("INTERNAL", "FailedToMount", message) from None
             result = await self._call_provider(provider, attributes, request.secrets, target, {})
-            self._write(target, result)
+            await self._write(target, result)
             volume = MountedVolume(
                 target_path=target,
                 pod_name=request.pod_name,
@@ -255,7 +261,7 @@ class VolumeManager:
             result = await self._call_provider(
                 provider, attributes, volume.secrets, target, volume.versions
             )
-            files_changed = self._write(target, result)
+            files_changed = await self._write(target, result)
             versions_changed = result.versions != volume.versions
             fingerprint = spc_fingerprint(spc_object)
             spc_changed = fingerprint != volume.spc_fingerprint
@@ -453,11 +459,24 @@ class VolumeManager:
             raise PublishError(code, error.code, error.message) from None
         return result
 
-    def _write(self, target: Path, result: ProviderResult) -> bool:
+    async def _write(self, target: Path, result: ProviderResult) -> bool:
         files = [FileProjection(f.path, f.mode, f.contents) for f in result.files]
+
+        def write_into_our_mount() -> bool:
+            # Checked right before the write, in its thread: secrets go only into the driver's
+            # own tmpfs, never onto the node's disk (an unmounted or foreign target).
+            if not self._mounter.owns(target):
+                raise PublishError(
+                    "FAILED_PRECONDITION",
+                    "FailedToMount",
+                    f"refusing to write secrets to {target}: it is not a tmpfs mounted by the "
+                    "driver (was it unmounted?)",
+                )
+            return AtomicWriter(target).write(files)
+
         try:
             validate_payload(files)
-            return AtomicWriter(target).write(files)
+            return await run_off_loop(write_into_our_mount)
         except (PayloadError, WriteError) as error:
             raise PublishError("INTERNAL", "FileWriteError", str(error)) from None
 

@@ -430,6 +430,9 @@ class Sandbox:
             f"unix://{self.driver_socket}",
             "--node-id",
             info.node,
+            # The kubelet simulator's --root: target paths are <dir>/pods/<uid>/volumes/...
+            "--kubelet-root",
+            str(self.directory),
             "--provider-dir",
             str(self.provider_socket.parent),
             "--rotation-poll-interval",
