@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import logging
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dew_csi.logs import REDACTED, escape, fields, quote, setup_logging
+from dew_csi.csms import emulator
+from dew_csi.logs import REDACTED, KlogFormatter, escape, fields, quote, setup_logging
+from dew_csi.sandbox import apiserver
 
 
 @pytest.fixture
@@ -190,3 +193,14 @@ def test_escape_and_quote() -> None:
         quoted = quote(text)
         assert json.loads(quoted) == text
         assert quoted.isprintable()
+
+
+@pytest.mark.parametrize("component", ["csms-emulator", "apiserver"])
+def test_the_emulators_log_through_the_same_formatter(
+    captured: tuple[io.StringIO, logging.Logger], component: str
+) -> None:
+    run = emulator.run_from_args if component == "csms-emulator" else apiserver.run_from_args
+    # A bad --listen: the command sets its logging up, then stops before serving.
+    assert run(argparse.Namespace(listen="no-port")) == 2
+    [handler] = logging.getLogger().handlers
+    assert isinstance(handler.formatter, KlogFormatter)
