@@ -420,6 +420,7 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
         DriverConfig(
             endpoint=f"unix://{root}/plugins/csi.sock",
             node_id=NODE,
+            kubelet_root=root,
             provider_dirs=(root / "providers",),
             rotation_interval=3600.0,  # passes are started here, not by the schedule
             mounter="dir",
@@ -431,6 +432,7 @@ async def measure(args: argparse.Namespace, root: Path, api_url: str, csms_url: 
     try:
         await install(client, spcs, pods, root)
         await driver.start()
+        await driver.wait_ready()
         channel = grpc.aio.insecure_channel(f"unix://{driver.socket}")
         node = csi_pb2_grpc.NodeStub(channel)
         emit(

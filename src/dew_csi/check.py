@@ -64,7 +64,7 @@ from dew_csi.csms import (
 )
 from dew_csi.csms.cli import ENV_PROJECT_ID, UsageError, csms_config_from_args
 from dew_csi.provider import mount
-from dew_csi.volume_context import SECRET_PROVIDER_CLASS
+from dew_csi.volume_context import KUBELET_OWNED, SECRET_PROVIDER_CLASS
 
 PROGRAM: Final = "dew-csi check"
 DEFAULT_METADATA_URL: Final = "http://169.254.169.254"
@@ -360,6 +360,14 @@ class Checker:
             attributes.get(SECRET_PROVIDER_CLASS) if isinstance(attributes, Mapping) else None
         )
         report.heading(f"Volume {_quoted(str(volume.get('name')))}")
+        spoofed = sorted(str(key) for key in attributes if key in KUBELET_OWNED)
+        if spoofed:
+            # Kubelet's pod info wins over these, and so does the driver's: the checks below
+            # use the pod's own namespace and ServiceAccount, exactly as the mount does.
+            report.passed(
+                f"volumeAttributes {_quoted_list(spoofed)} are ignored: kubelet sets them from "
+                f'the pod itself (namespace "{namespace}", ServiceAccount "{account}")'
+            )
         if csi.get("readOnly") is True:
             report.passed("the volume is readOnly: true")
         else:

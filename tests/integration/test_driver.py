@@ -165,6 +165,7 @@ async def stack(
     await provider.start()
     driver = Driver(driver_config(tmp_path, kubeconfig))
     await driver.start()
+    await driver.wait_ready()
     channel = grpc.aio.insecure_channel(f"unix://{driver.socket}")
     running = Stack(
         tmp_path,
@@ -546,6 +547,7 @@ async def test_driver_restart_finds_its_mounts_again(stack: Stack, tmp_path: Pat
     await stack.driver.stop()
     restarted = Driver(config)
     await restarted.start()
+    await restarted.wait_ready()
     stack.driver = restarted
     assert [v.target_path for v in restarted.volumes.mounted()] == [pod.target]
     stack.csms.emulator.set_secret_versions("secret_1", [SECRET_1_V1, SECRET_1_V2])

@@ -18,7 +18,7 @@ from dew_csi import DRIVER_NAME, __version__, kube
 from dew_csi._proto.csi.v1 import csi_pb2_grpc
 from dew_csi.driver.identity import ControllerServicer, IdentityServicer
 from dew_csi.driver.metrics import DriverMetrics
-from dew_csi.driver.mounter import DirMounter, Mounter, TmpfsMounter
+from dew_csi.driver.mounter import DEFAULT_KUBELET_ROOT, DirMounter, Mounter, TmpfsMounter
 from dew_csi.driver.node import NodeServicer
 from dew_csi.driver.provider_client import (
     DEFAULT_PROVIDER_DIRS,
@@ -35,9 +35,6 @@ from dew_csi.service import serve_metrics, until_terminated
 log = logging.getLogger(__name__)
 
 MOUNTERS: Final = ("tmpfs", "dir")
-# CCE's kubelet root (the guide's SPCPS targetPath and csi.sock address show it); upstream
-# Kubernetes uses /var/lib/kubelet. deploy/config.env kubelet_root_dir sets it on a cluster.
-DEFAULT_KUBELET_ROOT: Final = Path("/mnt/paas/kubernetes/kubelet")
 # The CSI socket below the kubelet root, as upstream's DaemonSet places it.
 PLUGIN_SOCKET: Final = "plugins/csi-secrets-store/csi.sock"
 
@@ -84,11 +81,12 @@ class Driver:
             metrics=self.metrics,
             spc_cache=spc_cache,
             provider_timeout=config.provider_timeout,
+            kubelet_root=config.kubelet_root,
         )
         self.reconciler = RotationReconciler(self.volumes, config.rotation_interval)
         self.spc_watcher = SpcChangeWatcher(spc_cache, self.volumes)
         self._server: grpc.aio.Server | None = None
-        self._rotation_task: asyncio.Task[None] | None = None
+        self._startup_task: asyncio.Task[None] | None = None
 
     @property
     def socket(self) -> Path:
@@ -99,11 +97,10 @@ class Driver:
             "Initializing Secrets Store CSI Driver",
             extra=fields(driver=DRIVER_NAME, version=__version__, buildTime=""),
         )
-        recovered = await self.volumes.recover()
-        if recovered:
-            log.info("found mounted volumes again", extra=fields(volumes=recovered))
-        await self.spc_watcher.start()
-        self._rotation_task = asyncio.create_task(self.reconciler.run(), name="rotation")
+        # Serve first: during a control-plane outage kubelet must still be able to unmount, and
+        # to republish what is mounted. Recovery, the SPC cache and rotation follow when the
+        # API answers.
+        self._startup_task = asyncio.create_task(self._start_background(), name="startup")
         server = grpc.aio.server()
         csi_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(), server)
         # The generated stubs mark every RPC abstract; the RPCs we do not implement answer
@@ -118,14 +115,34 @@ class Driver:
         self._server = server
         log.info("Listening for connections", extra=fields(address=str(self.socket)))
 
+    async def _start_background(self) -> None:
+        await self.volumes.recover_in_background()
+        await self.spc_watcher.start()
+        self.volumes.ready.set()
+        log.info("ready for new volumes", extra=fields(volumes=len(self.volumes.mounted())))
+        await self.reconciler.run()
+
+    async def wait_ready(self, timeout: float | None = 30.0) -> None:
+        """Until new volumes are served (or the start-up task failed)."""
+        ready = asyncio.ensure_future(self.volumes.ready.wait())
+        assert self._startup_task is not None, "start() first"
+        done, _ = await asyncio.wait(
+            {ready, self._startup_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done:
+            ready.cancel()
+            if self._startup_task in done:
+                self._startup_task.result()
+            raise TimeoutError(f"the driver is not ready after {timeout}s")
+
     async def stop(self, grace: float = 2.0) -> None:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        if self._rotation_task is not None:
-            self._rotation_task.cancel()
+        if self._startup_task is not None:
+            self._startup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._rotation_task
+                await self._startup_task
         await self.spc_watcher.stop()
         await self._providers.close()
         await self._kube.close()

@@ -46,6 +46,9 @@ from dew_csi.logs import fields
 log = logging.getLogger(__name__)
 
 MOUNTINFO_PATH: Final = "/proc/self/mountinfo"
+# CCE's kubelet root (the guide's SPCPS targetPath and csi.sock address show it); upstream
+# Kubernetes uses /var/lib/kubelet. deploy/config.env kubelet_root_dir sets it on a cluster.
+DEFAULT_KUBELET_ROOT: Final = Path("/mnt/paas/kubernetes/kubelet")
 # Upstream's ensureMountPoint creates a missing target with this mode (kubelet >= 1.20 does not).
 MOUNT_POINT_MODE: Final = 0o750
 # The tmpfs root. Without `mode=` a tmpfs root is 1777: any user on the node could plant files

@@ -80,7 +80,7 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
         )
         try:
             check_target_path(request.target_path, self._kubelet_root)
-            await self._volumes.publish(publish)
+            await self._volumes.publish(publish, timeout=context.time_remaining())
         except (TargetRefused, MountFailed, PublishError) as failure:
             error = _as_publish_error(failure)
             self._metrics.publish_failed("cce", error.reason)
@@ -88,7 +88,6 @@ class NodeServicer(csi_pb2_grpc.NodeServicer):
                 "NodePublishVolume failed",
                 extra=fields(pod=f"{publish.namespace}/{publish.pod_name}", error=error.message),
             )
-            await self._volumes.record_publish_failure(publish, error.message)
             await context.abort(getattr(grpc.StatusCode, error.code), status_details(error.message))
         self._metrics.published("cce")
         return csi_pb2.NodePublishVolumeResponse()

@@ -52,12 +52,21 @@ def recorded_versions(pod_status: Mapping[str, Any]) -> dict[str, str]:
 
 
 async def upsert_pod_status(
-    client: Kube, desired: KubeObject, *, known: KubeObject | None = None
+    client: Kube, desired: KubeObject, *, known: KubeObject | None = None, reread: bool = False
 ) -> KubeObject:
     """Create the SPCPS, or overwrite its node label, owner and status (a pod that moved nodes
     keeps its name), retrying on write conflicts. `known` is the object as last written, which
-    saves a read when nobody else changed it."""
-    if known is None:
+    saves a read when nobody else changed it; `reread` reads it anyway (to restore an SPCPS that
+    someone edited or deleted)."""
+    if reread:
+        known = await client.find(
+            SECRET_PROVIDER_CLASS_POD_STATUS,
+            desired["metadata"]["name"],
+            desired["metadata"]["namespace"],
+        )
+        if known is None:
+            return await client.create(SECRET_PROVIDER_CLASS_POD_STATUS, desired)
+    elif known is None:
         try:
             return await client.create(SECRET_PROVIDER_CLASS_POD_STATUS, desired)
         except kube.AlreadyExists:

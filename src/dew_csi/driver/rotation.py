@@ -105,6 +105,15 @@ class RotationReconciler:
                     volume.target_path, error, trigger="rotation"
                 )
                 return "failed"
+            except Exception as error:
+                # A bug in one volume's remount must not end rotation for the whole node.
+                log.exception(
+                    "remount failed unexpectedly", extra=fields(target=str(volume.target_path))
+                )
+                await self._volumes.report_remount_failure(
+                    volume.target_path, error, trigger="rotation"
+                )
+                return "failed"
         if outcome is not None and (outcome.files_changed or outcome.versions_changed):
             return "rotated"
         return "unchanged"

@@ -34,7 +34,8 @@ class SpcChangeWatcher:
         self.remounts = 0
 
     async def start(self) -> None:
-        await self.cache.start()
+        """Start watching; return once the first list is in (the cache retries until then)."""
+        await self.cache.start(timeout=None)
 
     async def stop(self) -> None:
         await self.cache.stop()
@@ -69,7 +70,11 @@ class SpcChangeWatcher:
                     async with self._limit:
                         await self._volumes.remount(target, trigger="SecretProviderClass change")
                     self.remounts += 1
-                except (PublishError, kube.KubeError) as error:
+                except Exception as error:  # PublishError, KubeError, or a bug: keep watching
+                    if not isinstance(error, PublishError | kube.KubeError):
+                        log.exception(
+                            "remount failed unexpectedly", extra=fields(target=str(target))
+                        )
                     await self._volumes.report_remount_failure(
                         target, error, trigger="SecretProviderClass change"
                     )

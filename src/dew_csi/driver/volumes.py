@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,9 +37,11 @@ from dew_csi.driver.atomic_writer import (
 )
 from dew_csi.driver.metrics import DriverMetrics
 from dew_csi.driver.mounter import (
+    DEFAULT_KUBELET_ROOT,
     Mounter,
     MountFailed,
     TargetRefused,
+    check_target_path,
     cleanup_mount_point,
     ensure_mount_point,
 )
@@ -47,11 +49,12 @@ from dew_csi.driver.provider_client import ProviderClients, ProviderError, Provi
 from dew_csi.kube import Kube, KubeObject
 from dew_csi.logs import fields
 from dew_csi.volume_context import (
-    EPHEMERAL,
+    KUBELET_OWNED,
     POD_NAME,
     POD_NAMESPACE,
     POD_UID,
-    SERVICE_ACCOUNT_NAME,
+    merge_pod_info,
+    pod_info,
 )
 from dew_csi.volume_context import SECRET_PROVIDER_CLASS as SPC_ATTRIBUTE
 
@@ -109,6 +112,10 @@ class MountedVolume:
     spc_name: str
     volume_context: dict[str, str]
     secrets: dict[str, str] | None
+    """The nodePublishSecretRef data kubelet sent at the first mount."""
+    secret_ref: str | None = None
+    """The pod volume's nodePublishSecretRef: read again at every remount, so rotated
+    credentials take effect without restarting the pod."""
     versions: dict[str, str] = field(default_factory=dict)
     spc_fingerprint: str = ""
     pod_status: KubeObject | None = field(default=None, repr=False)
@@ -148,8 +155,10 @@ class VolumeManager:
         metrics: DriverMetrics,
         spc_cache: kube.WatchCache | None = None,
         provider_timeout: float = 60.0,
+        kubelet_root: Path = DEFAULT_KUBELET_ROOT,
     ) -> None:
         self._kube = client
+        self._kubelet_root = kubelet_root
         self._spc_cache = spc_cache
         self.node_id = node_id
         self._providers = providers
@@ -158,9 +167,9 @@ class VolumeManager:
         self._provider_timeout = provider_timeout
         self._volumes: dict[Path, MountedVolume] = {}
         self._target_locks: dict[Path, asyncio.Lock] = {}
-        # The last failure message recorded per volume: kubelet retries a failing mount every
-        # few seconds, and one event per distinct problem is enough beside kubelet's own.
-        self._last_failure: dict[Path, str] = {}
+        self.ready = asyncio.Event()
+        """Set by the driver once this node's volumes are recovered and the SPC cache is synced;
+        until then only unpublish and repeat publishes are served."""
 
     # ------------------------------------------------------------------ registry
 
@@ -180,27 +189,85 @@ class VolumeManager:
 
     # ------------------------------------------------------------------ publish
 
-    async def publish(self, request: PublishRequest) -> None:
+    async def publish(self, request: PublishRequest, *, timeout: float | None = None) -> None:
+        """NodePublishVolume. Before the driver has reached the Kubernetes API once since it
+        started, a new volume waits for that up to `timeout` seconds (the call's deadline)."""
         target = request.target_path
         async with self._lock(target):
             known = self._volumes.get(target)
             if known is not None and self._mounter.is_mounted(target):
                 return  # a repeated publish of a healthy mount: nothing to do
+            if not self.ready.is_set():
+                if self._mounter.owns(target) and (target / "..data").exists():
+                    # Mounted with files before a restart; recovery takes it back when the API
+                    # answers. Kubelet must not see an error for a volume that works.
+                    return
+                await self._wait_ready(timeout)
             try:
-                await self._first_mount(request)
+                trusted, pod = await self._trusted_request(request)
             except kube.KubeError as error:
-                raise PublishError(
-                    "UNAVAILABLE",
-                    "KubernetesAPIError",
-                    f"reading or writing Kubernetes objects failed: {error.message}",
-                ) from None
+                raise _api_failure(error) from None
+            # From here the pod is known to be the one kubelet mounts for, so an Event about a
+            # failure goes to it (never to a pod a spoofed context names).
+            try:
+                await self._first_mount(trusted, pod)
+            except (PublishError, kube.KubeError) as error:
+                failure = _api_failure(error) if isinstance(error, kube.KubeError) else error
+                await self._pod_event(
+                    _pod_reference(trusted), "FailedToMountSecrets", failure.message, warning=True
+                )
+                raise failure from None
 
-    async def _first_mount(self, request: PublishRequest) -> None:
+    async def _wait_ready(self, timeout: float | None) -> None:
+        # Answer a little before the caller's deadline, so kubelet reads our message rather
+        # than its own DEADLINE_EXCEEDED.
+        wait = None if timeout is None else max(0.0, timeout - 1.0)
+        try:
+            await asyncio.wait_for(self.ready.wait(), wait)
+        except TimeoutError:
+            raise PublishError(
+                "UNAVAILABLE",
+                "KubernetesAPIError",
+                "the driver has not reached the Kubernetes API since it started (see its log); "
+                "kubelet retries the mount",
+            ) from None
+
+    async def _trusted_request(self, request: PublishRequest) -> tuple[PublishRequest, KubeObject]:
+        """The request with kubelet's pod info taken from the Pod object, and that Pod.
+
+        Kubelet's pod info already wins over `volumeAttributes` (podInfoOnMount). Reading the
+        Pod proves it: the context must name the pod whose uid is in the target path, and a
+        CSIDriver installed without podInfoOnMount cannot let a user's attributes through."""
+        context = request.volume_context
+        missing = [key for key in (POD_NAME, POD_NAMESPACE, POD_UID) if not context.get(key)]
+        if missing:
+            raise PublishError(
+                "FAILED_PRECONDITION",
+                "PodInfoMissing",
+                f"kubelet sent no pod information ({', '.join(missing)}): the CSIDriver "
+                f"{DRIVER_NAME} must have podInfoOnMount: true",
+            )
+        match = TARGET_PATH_PATTERN.search(str(request.target_path))
+        pod = await self._kube.find(kube.POD, context[POD_NAME], context[POD_NAMESPACE])
+        uid = pod["metadata"].get("uid") if pod is not None else None
+        if pod is None or uid != context[POD_UID] or (match and match.group(1) != uid):
+            raise PublishError(
+                "PERMISSION_DENIED",
+                "PodMismatch",
+                f"the volume context names pod {context[POD_NAMESPACE]}/{context[POD_NAME]} "
+                f"(uid {context[POD_UID]}), which is not the pod that owns target path "
+                f"{request.target_path}",
+            )
+        trusted = merge_pod_info(context, pod_info(pod))
+        return replace(request, volume_context=trusted), pod
+
+    async def _first_mount(self, request: PublishRequest, pod: KubeObject) -> None:
         target = request.target_path
         spc_object = await self._read_spc(request.namespace, request.spc_name)
         provider = _provider_of(spc_object)
         attributes = _attributes(spc_object, request.volume_context)
         mounted_here = False
+        status_written = False
         try:
             try:
                 if not await ensure_mount_point(target, self._mounter):
@@ -222,9 +289,11 @@ class VolumeManager:
                 spc_name=request.spc_name,
                 volume_context=dict(request.volume_context),
                 secrets=dict(request.secrets) if request.secrets is not None else None,
+                secret_ref=_publish_secret_ref(pod, target),
                 versions=dict(result.versions),
                 spc_fingerprint=spc_fingerprint(spc_object),
             )
+            status_written = True
             await self._record_status(volume)
             await self._sync_secrets(volume, spc_object, result)
         except BaseException:
@@ -234,9 +303,10 @@ class VolumeManager:
                     await cleanup_mount_point(target, self._mounter)
                 except Exception:
                     log.exception("cleaning up %s after a failed mount", target)
+                if status_written:
+                    await self._forget_status(request)
             raise
         self._volumes[target] = volume
-        self._last_failure.pop(target, None)
         log.info(
             "mounted secrets",
             extra=fields(
@@ -258,20 +328,20 @@ class VolumeManager:
             spc_object = await self._read_spc(volume.namespace, volume.spc_name)
             provider = _provider_of(spc_object)
             attributes = _attributes(spc_object, volume.volume_context)
+            secrets = await self._publish_secrets(volume)
             result = await self._call_provider(
-                provider, attributes, volume.secrets, target, volume.versions
+                provider, attributes, secrets, target, volume.versions
             )
             files_changed = await self._write(target, result)
             versions_changed = result.versions != volume.versions
-            fingerprint = spc_fingerprint(spc_object)
-            spc_changed = fingerprint != volume.spc_fingerprint
-            if versions_changed or spc_changed or volume.pod_status is None:
-                volume.versions = dict(result.versions)
-                await self._record_status(volume)
-            volume.spc_fingerprint = fingerprint
-            secrets_changed: tuple[str, ...] = ()
-            if files_changed or spc_changed:
-                secrets_changed = await self._sync_secrets(volume, spc_object, result)
+            # Every pass restores the SPCPS and the synced Secrets from what is mounted, should
+            # someone have edited or deleted them; each costs a read, and a write only when it
+            # differs. The volume remembers the new versions and SPC only once both are written,
+            # so a failed API call is retried by the next pass, not forgotten.
+            await self._record_status(volume, dict(result.versions), verify=True)
+            secrets_changed = await self._sync_secrets(volume, spc_object, result)
+            volume.versions = dict(result.versions)
+            volume.spc_fingerprint = spc_fingerprint(spc_object)
             outcome = RemountOutcome(files_changed, versions_changed, secrets_changed)
             await self._report_remount(volume, outcome, trigger, time.perf_counter() - started)
             self._metrics.rotation_done(provider, rotated=files_changed or versions_changed)
@@ -311,7 +381,12 @@ class VolumeManager:
         self._metrics.rotation_failed(provider, reason)
         if volume is None:
             return
-        message = error.message if isinstance(error, PublishError) else str(error)
+        if isinstance(error, PublishError):
+            message = error.message
+        elif isinstance(error, kube.KubeError):
+            message = _api_failure(error).message
+        else:  # a bug: its text may hold anything, so it stays in the driver's log
+            message = f"internal error in the driver ({type(error).__name__}); see its log"
         log.warning(
             "remount failed, keeping the mounted files",
             extra=fields(
@@ -333,9 +408,26 @@ class VolumeManager:
             await cleanup_mount_point(target, self._mounter)
             self._volumes.pop(target, None)
         self._target_locks.pop(target, None)
-        self._last_failure.pop(target, None)
 
     # ------------------------------------------------------------------ recovery
+
+    async def recover_in_background(self, *, max_delay: float = 30.0) -> int:
+        """`recover` until it succeeds: the API may be down while the driver starts."""
+        delay = 0.5
+        while True:
+            try:
+                recovered = await self.recover()
+            except kube.KubeError as error:
+                log.warning(
+                    "cannot list this node's volumes yet; retrying",
+                    extra=fields(error=error.message, retryIn=delay),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
+                continue
+            if recovered:
+                log.info("found mounted volumes again", extra=fields(volumes=recovered))
+            return recovered
 
     async def recover(self) -> int:
         """After a restart: find this node's mounted volumes again from their SPCPS objects."""
@@ -359,10 +451,23 @@ class VolumeManager:
     async def _volume_from_status(self, status: Mapping[str, Any]) -> MountedVolume | None:
         body = status.get("status") or {}
         namespace = status["metadata"]["namespace"]
-        target = Path(str(body.get("targetPath", "")))
+        try:
+            # The SPCPS is only data: its path gets the same checks as kubelet's requests.
+            target = check_target_path(str(body.get("targetPath", "")), self._kubelet_root)
+        except TargetRefused as refused:
+            log.warning(
+                "not recovering a volume with a refused target path",
+                extra=fields(status=status["metadata"].get("name"), error=str(refused)),
+            )
+            return None
         match = TARGET_PATH_PATTERN.search(str(target))
         pod = await self._kube.find(kube.POD, str(body.get("podName", "")), namespace)
-        if match is None or pod is None or pod["metadata"].get("deletionTimestamp"):
+        if (
+            match is None
+            or pod is None
+            or pod["metadata"].get("deletionTimestamp")
+            or pod["metadata"].get("uid") != match.group(1)
+        ):
             return None
         volume_spec = next(
             (
@@ -376,15 +481,10 @@ class VolumeManager:
         if volume_spec is None:
             return None
         csi = volume_spec["csi"]
-        context = {
-            POD_NAME: pod["metadata"]["name"],
-            POD_NAMESPACE: namespace,
-            POD_UID: pod["metadata"]["uid"],
-            SERVICE_ACCOUNT_NAME: pod.get("spec", {}).get("serviceAccountName") or "default",
-            EPHEMERAL: "true",
-            **(csi.get("volumeAttributes") or {}),
-        }
-        secrets = await self._node_publish_secrets(csi, namespace)
+        # As kubelet builds it: the pod's own info over the user's attributes, never under.
+        context = merge_pod_info(csi.get("volumeAttributes") or {}, pod_info(pod))
+        secret_ref = _publish_secret_ref(pod, target)
+        secrets = await self._read_publish_secret(secret_ref, namespace)
         spc_object = await self._kube.find(
             kube.SECRET_PROVIDER_CLASS, context.get(SPC_ATTRIBUTE, ""), namespace
         )
@@ -396,21 +496,33 @@ class VolumeManager:
             spc_name=str(body.get("secretProviderClassName", "")),
             volume_context=context,
             secrets=secrets,
+            secret_ref=secret_ref,
             versions=podstatus.recorded_versions(status),
             spc_fingerprint=spc_fingerprint(spc_object) if spc_object else "",
         )
 
-    async def _node_publish_secrets(
-        self, csi: Mapping[str, Any], namespace: str
-    ) -> dict[str, str] | None:
-        reference = csi.get("nodePublishSecretRef") or {}
-        if not reference.get("name"):
+    async def _read_publish_secret(self, name: str | None, namespace: str) -> dict[str, str] | None:
+        """The nodePublishSecretRef's data, as kubelet would send it (None without a ref)."""
+        if name is None:
             return None
-        secret = await self._kube.get(kube.SECRET, reference["name"], namespace)
+        secret = await self._kube.find(kube.SECRET, name, namespace)
+        if secret is None:
+            raise PublishError(
+                "FAILED_PRECONDITION",
+                "NodePublishSecretRefNotFound",
+                f'the volume\'s nodePublishSecretRef Secret "{name}" is not found in namespace '
+                f'"{namespace}"; create it again with the access credentials',
+            )
         return {
             key: base64.b64decode(value).decode("utf-8", "replace")
             for key, value in (secret.get("data") or {}).items()
         }
+
+    async def _publish_secrets(self, volume: MountedVolume) -> dict[str, str] | None:
+        """The credentials for a remount: the nodePublishSecretRef as it is now."""
+        if volume.secret_ref is None:
+            return volume.secrets
+        return await self._read_publish_secret(volume.secret_ref, volume.namespace)
 
     # ------------------------------------------------------------------ steps
 
@@ -480,7 +592,15 @@ class VolumeManager:
         except (PayloadError, WriteError) as error:
             raise PublishError("INTERNAL", "FileWriteError", str(error)) from None
 
-    async def _record_status(self, volume: MountedVolume) -> None:
+    async def _record_status(
+        self,
+        volume: MountedVolume,
+        versions: Mapping[str, str] | None = None,
+        *,
+        verify: bool = False,
+    ) -> None:
+        """Write the SPCPS for `versions` (default: the volume's). With `verify`, compare with
+        the object as it is now in the API, not as we last wrote it."""
         desired = podstatus.build_pod_status(
             pod_name=volume.pod_name,
             namespace=volume.namespace,
@@ -488,11 +608,23 @@ class VolumeManager:
             spc_name=volume.spc_name,
             node_id=self.node_id,
             target_path=str(volume.target_path),
-            versions=volume.versions,
+            versions=volume.versions if versions is None else versions,
         )
         volume.pod_status = await podstatus.upsert_pod_status(
-            self._kube, desired, known=volume.pod_status
+            self._kube, desired, known=volume.pod_status, reread=verify
         )
+
+    async def _forget_status(self, request: PublishRequest) -> None:
+        """A first mount failed after its SPCPS was written: nothing is mounted, so no SPCPS
+        may say `mounted: true`."""
+        name = podstatus.status_name(request.pod_name, request.namespace, request.spc_name)
+        try:
+            await self._kube.delete(kube.SECRET_PROVIDER_CLASS_POD_STATUS, name, request.namespace)
+        except kube.KubeError as error:
+            log.warning(
+                "cannot remove the status of a failed mount",
+                extra=fields(status=f"{request.namespace}/{name}", error=error.message),
+            )
 
     async def _sync_secrets(
         self,
@@ -553,18 +685,6 @@ class VolumeManager:
         except kube.KubeError as error:
             log.warning("could not record event %s: %s", reason, error)
 
-    async def record_publish_failure(self, request: PublishRequest, message: str) -> None:
-        """A Warning event on the pod, beside kubelet's own FailedMount (once per message)."""
-        if not (request.pod_name and request.namespace):
-            return
-        if self._last_failure.get(request.target_path) == message:
-            return
-        self._last_failure[request.target_path] = message
-        pod = {"name": request.pod_name, "namespace": request.namespace, "uid": request.pod_uid}
-        await self._pod_event(
-            kube.involved_object(kube.POD, pod), "FailedToMountSecrets", message, warning=True
-        )
-
 
 _GRPC_CODE_NAMES: Final = frozenset(
     {
@@ -579,6 +699,29 @@ _GRPC_CODE_NAMES: Final = frozenset(
         "INTERNAL",
     }
 )
+
+
+def _api_failure(error: kube.KubeError) -> PublishError:
+    return PublishError(
+        "UNAVAILABLE",
+        "KubernetesAPIError",
+        f"reading or writing Kubernetes objects failed: {error.message}",
+    )
+
+
+def _pod_reference(request: PublishRequest) -> KubeObject:
+    pod = {"name": request.pod_name, "namespace": request.namespace, "uid": request.pod_uid}
+    return kube.involved_object(kube.POD, pod)
+
+
+def _publish_secret_ref(pod: Mapping[str, Any], target: Path) -> str | None:
+    """The nodePublishSecretRef name of the pod's CSI volume at `target`, if it has one."""
+    match = TARGET_PATH_PATTERN.search(str(target))
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if match is not None and volume.get("name") == match.group(2):
+            reference = (volume.get("csi") or {}).get("nodePublishSecretRef") or {}
+            return str(reference["name"]) if reference.get("name") else None
+    return None
 
 
 def _provider_of(spc_object: Mapping[str, Any]) -> str:
@@ -604,6 +747,7 @@ def _attributes(spc_object: Mapping[str, Any], volume_context: Mapping[str, str]
             f'SecretProviderClass "{name}" has no spec.parameters; list the secrets in '
             f"parameters.objects",
         )
-    attributes = {str(k): str(v) for k, v in parameters.items()}
+    # The SPC is a namespace user's object too: its parameters never carry kubelet's keys.
+    attributes = {str(k): str(v) for k, v in parameters.items() if str(k) not in KUBELET_OWNED}
     attributes.update(volume_context)
     return attributes

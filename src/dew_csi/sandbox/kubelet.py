@@ -841,17 +841,8 @@ class KubeletSimulator:
         pod_info = await self._pod_info_on_mount(driver, volume_name)
         context = {str(k): str(v) for k, v in (csi.get("volumeAttributes") or {}).items()}
         if pod_info:
-            context.update(
-                {
-                    volume_context.POD_NAME: str(meta["name"]),
-                    volume_context.POD_NAMESPACE: namespace,
-                    volume_context.POD_UID: uid,
-                    volume_context.SERVICE_ACCOUNT_NAME: str(
-                        (pod.get("spec") or {}).get("serviceAccountName") or "default"
-                    ),
-                    volume_context.EPHEMERAL: "true",
-                }
-            )
+            # As kubelet's mergeMap: the pod's own info wins over any user attribute.
+            context.update(volume_context.pod_info(pod))
         secrets = await self._node_publish_secrets(csi, namespace, volume_name)
         # kubelet creates the volume's directory and its vol_data.json; the driver creates the
         # target itself.
