@@ -466,7 +466,15 @@ def latest_warning(walk: Walkthrough, label_key: str, label_value: str) -> str:
     ]
     if not warnings:
         return ""
-    newest = max(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    # Timestamps have whole seconds, and the driver's FailedToMountSecrets repeats with kubelet's
+    # FailedMount: on a tie, kubelet's (what `kubectl describe pod` shows a user) is the newest.
+    newest = max(
+        warnings,
+        key=lambda e: (
+            str(e.get("lastTimestamp") or e.get("eventTime") or ""),
+            e.get("reason") == "FailedMount",
+        ),
+    )
     pod_name = newest["involvedObject"]["name"]
     return f"last Warning event of pod {pod_name}: {newest.get('reason')}: {newest.get('message')}"
 
