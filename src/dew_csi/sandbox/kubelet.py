@@ -473,7 +473,6 @@ class KubeletSimulator:
         # Pods this kubelet finished with: their last events must not start a new worker.
         self._finished: set[str] = set()
         self._ips = _PodIps(config.node_ip)
-        self._events: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._channel: grpc.aio.Channel | None = None
         self._node: csi_pb2_grpc.NodeAsyncStub | None = None
         self._identity: csi_pb2_grpc.IdentityAsyncStub | None = None
@@ -995,8 +994,6 @@ class KubeletSimulator:
             )
         await self._remove_pod_dir(directory)
         self._ips.release(worker.uid)
-        for key in [k for k in self._events if k[0] == worker.uid]:
-            del self._events[key]
         while pod is not None:
             # Still the same pod (the cache said so a moment ago): finalise its deletion.
             try:
@@ -1167,26 +1164,11 @@ class KubeletSimulator:
         warning: bool = False,
         component: str = "kubelet",
     ) -> None:
-        """Record an Event; a repeat of the same one raises its count, as kubelet's recorder
-        aggregates (`kubectl describe` shows "x3 over 10s")."""
+        """Record an Event; kube's recorder aggregates a repeat of the same one into its count,
+        as kubelet's does (`kubectl describe` shows "x3 over 10s")."""
         meta = pod["metadata"]
-        key = (str(meta["uid"]), reason, message)
-        known = self._events.get(key)
         try:
-            if known is not None:
-                name, count = known
-                try:
-                    await self._kube.patch(
-                        kube.EVENT,
-                        name,
-                        {"count": count + 1, "lastTimestamp": _now()},
-                        str(meta["namespace"]),
-                    )
-                    self._events[key] = (name, count + 1)
-                    return
-                except kube.NotFound:
-                    pass
-            created = await self._kube.record_event(
+            await self._kube.record_event(
                 kube.involved_object(kube.POD, meta),
                 reason=reason,
                 message=message,
@@ -1194,7 +1176,6 @@ class KubeletSimulator:
                 component=component,
                 host=self.config.node_name if component == "kubelet" else None,
             )
-            self._events[key] = (str(created["metadata"]["name"]), 1)
         except kube.KubeError as error:
             log.warning(
                 "could not record an event", extra=fields(reason=reason, error=error.message)
