@@ -635,7 +635,8 @@ class VolumeManager:
         if not spc_object.get("spec", {}).get("secretObjects"):
             return ()
         try:
-            parsed = spc.validate_spc(spc_object)
+            # Bounded, but up to ~100 ms for the largest allowed class: not on the event loop.
+            parsed = await asyncio.to_thread(spc.validate_spc, spc_object)
         except spc.SpcValidationError as error:
             raise PublishError("INVALID_ARGUMENT", "FailedToCreateSecret", str(error)) from None
         files = {f.path: f.contents for f in result.files}
