@@ -250,7 +250,7 @@ class VolumeManager:
         match = TARGET_PATH_PATTERN.search(str(request.target_path))
         pod = await self._kube.find(kube.POD, context[POD_NAME], context[POD_NAMESPACE])
         uid = pod["metadata"].get("uid") if pod is not None else None
-        if pod is None or uid != context[POD_UID] or (match and match.group(1) != uid):
+        if pod is None or uid != context[POD_UID] or match is None or match.group(1) != uid:
             raise PublishError(
                 "PERMISSION_DENIED",
                 "PodMismatch",
