@@ -2,18 +2,28 @@
 # (`dew-csi provider`) and the admission webhook (`dew-csi webhook`). deploy/ picks the
 # subcommand per container.
 #
-#   docker build -t dew-csi:0.1.0 .
+#   docker build -t dew-csi:0.2.0 .
+
+# The package version (src/dew_csi/__init__.py), for the image label; the build stops when it
+# differs from the wheel's (tests/unit/test_version.py checks it too).
+ARG VERSION=0.2.0
 
 # --- build: the project's wheel (hatchling runs in pip's isolated build environment here, so no
 # build tool reaches the final image).
 FROM python:3.11-slim AS build
+ARG VERSION
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+# Shipped in the wheel as package data (the CRDs for the sandbox, the guide's YAML for the demo).
+COPY deploy/crds ./deploy/crds
+COPY examples ./examples
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && test -f "/wheels/dew_csi-${VERSION}-py3-none-any.whl"
 
 # --- runtime
 FROM python:3.11-slim
+ARG VERSION
 # The driver mounts each volume's tmpfs with `mount -t tmpfs` and unmounts with `umount`
 # (util-linux); Debian's slim image does not guarantee the `mount` package.
 RUN apt-get update \
@@ -30,6 +40,7 @@ RUN groupadd --system --gid 65532 dewcsi \
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 LABEL org.opencontainers.image.title="dew-csi" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.description="Secrets Store CSI driver and Huawei Cloud CSMS provider (CCE Secrets Manager for DEW)" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENTRYPOINT ["dew-csi"]

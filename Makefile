@@ -1,5 +1,6 @@
 # `make test` and `make demo` work on a fresh machine: the first run creates .venv and installs
-# the project with its dev extra; later runs reinstall only when pyproject.toml changed.
+# the project with its dev extra (about a minute and a half, with pip's own output showing what
+# it fetches); later runs reinstall only when pyproject.toml or the version changed.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,11 +8,15 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: test lint typecheck unit demo bench protos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml src/dew_csi/__init__.py
+	@echo "==> [1/3] $(VENV): a virtual environment for dew-csi ($(PYTHON))"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "==> [2/3] $(VENV): upgrading pip"
+	$(BIN)/python -m pip install --upgrade pip
+	@echo "==> [3/3] $(VENV): installing dew-csi and its dev extra (the first time: about a minute)"
+	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +20,26 @@ import yaml
 
 from dew_csi.sandbox.apiserver import ApiServerThread
 
+# The repository's copies, the one source of truth: the wheel ships them as package data
+# (dew_csi.resources; tests/unit/test_resources.py and tests/e2e/test_wheel.py check both).
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "deploy" / "crds"
 EXAMPLES = REPO / "examples"
+_SANDBOX_DIR = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test touches the user's own default sandbox directory (~/.local/state/dew-csi/
+    sandbox): a `sandbox` command run without --dir uses this session's own directory."""
+    directory = Path(tempfile.mkdtemp(prefix="dew-csi-tests-")) / "sandbox"
+    os.environ["DEW_CSI_SANDBOX_DIR"] = str(directory)
+    config.stash[_SANDBOX_DIR] = directory
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    directory = config.stash.get(_SANDBOX_DIR, None)
+    if directory is not None:
+        shutil.rmtree(directory.parent, ignore_errors=True)
 
 
 def crd_documents() -> list[dict[str, Any]]:

@@ -46,8 +46,11 @@ def _add_sandbox(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 def _add_sandbox_cluster(
     sandbox_sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> None:
-    """`sandbox up|down|cat|env|kubelet|controllers`."""
-    directory_help = "the sandbox directory (default $DEW_CSI_SANDBOX_DIR or ./sandbox)"
+    """`sandbox up|down|cat|env|logs|kubelet|controllers`."""
+    directory_help = (
+        "the sandbox directory (default $DEW_CSI_SANDBOX_DIR, else "
+        "$XDG_STATE_HOME/dew-csi/sandbox, else ~/.local/state/dew-csi/sandbox)"
+    )
 
     def add_dir(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--dir", help=directory_help)
@@ -115,6 +118,20 @@ def _add_sandbox_cluster(
     env.add_argument("-c", "--container", help="container name (default: the first)")
     add_dir(env)
     _bind(env, "dew_csi.sandbox.cluster:env_from_args")
+
+    logs = sandbox_sub.add_parser(
+        "logs",
+        help="print a sandbox component's log",
+        description="Print the log of one sandbox component (also after `down`); without "
+        "COMPONENT, list the components' log files.",
+    )
+    logs.add_argument(
+        "component",
+        nargs="?",
+        help="apiserver, csms, provider, driver, kubelet, controllers or webhook",
+    )
+    add_dir(logs)
+    _bind(logs, "dew_csi.sandbox.cluster:logs_from_args")
 
     kubelet = sandbox_sub.add_parser(
         "kubelet",

@@ -46,12 +46,12 @@ import dew_csi
 from dew_csi import kube
 from dew_csi.driver.rotation import parse_rotation_interval
 from dew_csi.durations import parse_duration
+from dew_csi.resources import ResourceMissing, examples_dir
 from dew_csi.sandbox.apitables import format_age
-from dew_csi.sandbox.cluster import REPO_ROOT, Sandbox, SandboxError
+from dew_csi.sandbox.cluster import Sandbox, SandboxError
 
 T = TypeVar("T")
 
-DEFAULT_EXAMPLES: Final = REPO_ROOT / "examples"
 EXAMPLE_FILES: Final = (
     "serviceaccount.yaml",
     "secretproviderclass.yaml",
@@ -1155,6 +1155,15 @@ def print_keep_instructions(sandbox: Sandbox, walk: Walkthrough | None) -> None:
     print(f"  dew-csi sandbox down --dir {where}   (add --purge to remove the directory too)")
 
 
+def default_examples() -> Path:
+    """The guide's files shipped with dew-csi (installed package data, or the checkout's
+    examples/); ValueError saying so when this installation has neither."""
+    try:
+        return examples_dir()
+    except ResourceMissing as error:
+        raise ValueError(f"{error}; or name the guide's files with --examples DIR") from None
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
     directory = Path(args.dir).absolute() if args.dir else None
     if directory is not None and directory.exists() and any(directory.iterdir()):
@@ -1170,7 +1179,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         keep=args.keep,
         use_kubectl=not args.no_kubectl,
         rotation_poll_interval=args.rotation_poll_interval,
-        examples=Path(args.examples).absolute() if args.examples else DEFAULT_EXAMPLES,
+        examples=Path(args.examples).absolute() if args.examples else default_examples(),
         timeout=args.timeout,
     )
 

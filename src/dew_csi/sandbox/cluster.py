@@ -56,6 +56,7 @@ from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
 from dew_csi.driver.mounter import read_mountinfo
 from dew_csi.driver.rotation import parse_rotation_interval
+from dew_csi.resources import ResourceMissing, crd_dir
 from dew_csi.sandbox.kubelet import (
     CSI_DRIVER,
     DEFAULT_NODE_NAME,
@@ -67,8 +68,8 @@ from dew_csi.sandbox.kubelet import (
 T = TypeVar("T")
 
 STATE_FORMAT: Final = "dew-csi-sandbox/1"
-DEFAULT_DIRECTORY: Final = "sandbox"
 DIRECTORY_ENV: Final = "DEW_CSI_SANDBOX_DIR"
+"""Overrides the default sandbox directory (see `default_directory`)."""
 COMPONENTS: Final = (
     "apiserver",
     "csms",
@@ -89,8 +90,6 @@ READY_LINES: Final = {
 }
 WEBHOOK_NAME: Final = "validation.dew-csi.io"
 LOG_TAIL_LINES: Final = 30
-REPO_ROOT: Final = Path(__file__).resolve().parents[3]
-CRD_DIR: Final = REPO_ROOT / "deploy" / "crds"
 # The provider shares a `latest` read this long. Production's 5s is far below any real rotation
 # interval (1m at least); the sandbox's intervals are seconds, so it shares for less.
 SANDBOX_LATEST_TTL: Final = "500ms"
@@ -168,6 +167,13 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.replace(temporary, path)
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
 
 
 def _log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
@@ -306,7 +312,8 @@ class Sandbox:
         if info is None or not any(_is_running(r) for r in info.components.values()):
             raise SandboxError(
                 f"no sandbox is running in {self.directory}: start one with "
-                f"`dew-csi sandbox up --dir {self.directory}`"
+                f"`dew-csi sandbox up{dir_option(self.directory)}`, or name the directory of a "
+                f"running one with --dir or ${DIRECTORY_ENV}"
             )
         return info
 
@@ -330,7 +337,7 @@ class Sandbox:
             if alive:
                 raise SandboxError(
                     f"a sandbox is already running in {self.directory} ({', '.join(alive)}); "
-                    f"stop it with `dew-csi sandbox down --dir {self.directory}`"
+                    f"stop it with `dew-csi sandbox down{dir_option(self.directory)}`"
                 )
         if not self.directory.exists():
             self.directory.mkdir(parents=True, mode=0o700)
@@ -347,10 +354,18 @@ class Sandbox:
             driver_socket=str(self.driver_socket),
         )
         deadline = time.monotonic() + timeout
+        # A failed `up` leaves no file claiming a running sandbox: the kubeconfig and csms.env it
+        # wrote (with this run's ports) go back to what they were (absent, or an earlier run's).
+        claims = {path: _read_or_none(path) for path in (self.kubeconfig, self.csms_env)}
         try:
             self._start_all(private, deadline)
         except BaseException:
             self.down(quiet=True)
+            for path, before in claims.items():
+                if before is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    _write_private(path, before)
             raise
         return self
 
@@ -689,10 +704,12 @@ class Sandbox:
 
     async def _prepare_api(self) -> None:
         """The cluster objects the add-on and the guide expect (idempotent)."""
-        if not CRD_DIR.is_dir():
-            raise SandboxError(f"cannot find the CRDs in {CRD_DIR}: run from a checkout of dew-csi")
+        try:
+            crds = crd_dir()
+        except ResourceMissing as error:
+            raise SandboxError(str(error)) from None
         async with kube.Kube.from_kubeconfig(self.kubeconfig) as client:
-            for path in sorted(CRD_DIR.glob("*.yaml")):
+            for path in sorted(crds.glob("*.yaml")):
                 for document in yaml.safe_load_all(path.read_text()):
                     if document:
                         await _create_or_replace(client, kube.CUSTOM_RESOURCE_DEFINITION, document)
@@ -935,7 +952,23 @@ async def _create_or_replace(
 
 
 def default_directory() -> str:
-    return os.environ.get(DIRECTORY_ENV) or DEFAULT_DIRECTORY
+    """The sandbox directory when `--dir` is not given, the same for every `sandbox` command:
+    $DEW_CSI_SANDBOX_DIR, else $XDG_STATE_HOME/dew-csi/sandbox, else
+    ~/.local/state/dew-csi/sandbox (the XDG base directory rules: state that outlives a run)."""
+    override = os.environ.get(DIRECTORY_ENV)
+    if override:
+        return str(Path(override).expanduser().absolute())
+    state_home = os.environ.get("XDG_STATE_HOME", "")
+    # XDG: a relative value is invalid and is ignored.
+    base = Path(state_home) if os.path.isabs(state_home) else Path.home() / ".local" / "state"
+    return str(base / "dew-csi" / "sandbox")
+
+
+def dir_option(directory: Path) -> str:
+    """` --dir DIR` for a command a user is told to run, or nothing for the default directory."""
+    if directory == Path(default_directory()):
+        return ""
+    return f" --dir {shlex.quote(str(directory))}"
 
 
 def _report(lines: Iterable[str], stream: IO[str] = sys.stdout) -> None:
@@ -975,8 +1008,9 @@ def up_from_args(args: argparse.Namespace) -> int:
             f"  logs            {sandbox.logs}/",
             "Seed CSMS:  dew-csi csms --env-file "
             f'{sandbox.csms_env} put secret_1 \'{{"key1":"db-user-01"}}\'',
-            f"Look in:    dew-csi sandbox cat --dir {where} POD /mnt/secrets-store/",
-            f"Stop:       dew-csi sandbox down --dir {where}",
+            f"Look in:    dew-csi sandbox cat{dir_option(where)} POD /mnt/secrets-store/",
+            f"Logs:       dew-csi sandbox logs{dir_option(where)} COMPONENT",
+            f"Stop:       dew-csi sandbox down{dir_option(where)}",
             f"export KUBECONFIG={sandbox.kubeconfig}",
         ]
     )
@@ -1033,4 +1067,35 @@ def env_from_args(args: argparse.Namespace) -> int:
         print(f"dew-csi sandbox env: {error}", file=sys.stderr)
         return 1
     _report(f"{name}={value}" for name, value in pairs)
+    return 0
+
+
+def logs_from_args(args: argparse.Namespace) -> int:
+    """`dew-csi sandbox logs [COMPONENT]`: a component's log file, or the list of them."""
+    sandbox = Sandbox(args.dir or default_directory())
+    if args.component is None:
+        found = [name for name in COMPONENTS if sandbox.log_file(name).is_file()]
+        if not found:
+            print(f"dew-csi sandbox logs: no logs in {sandbox.logs}", file=sys.stderr)
+            return 1
+        _report(f"{name}  {sandbox.log_file(name)}" for name in found)
+        return 0
+    if args.component not in COMPONENTS:
+        print(
+            f"dew-csi sandbox logs: unknown component {args.component!r}; the components are "
+            f"{', '.join(COMPONENTS)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with sandbox.log_file(args.component).open("rb") as log:
+            shutil.copyfileobj(log, sys.stdout.buffer)
+    except FileNotFoundError:
+        print(
+            f"dew-csi sandbox logs: no {args.component} log in {sandbox.logs}: "
+            f"`dew-csi sandbox up{dir_option(sandbox.directory)}` writes one per component",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.buffer.flush()
     return 0
