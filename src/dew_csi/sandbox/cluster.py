@@ -1078,7 +1078,8 @@ def logs_from_args(args: argparse.Namespace) -> int:
         if not found:
             print(f"dew-csi sandbox logs: no logs in {sandbox.logs}", file=sys.stderr)
             return 1
-        _report(f"{name}  {sandbox.log_file(name)}" for name in found)
+        for name in found:
+            print(f"{name}  {sandbox.log_file(name)}")
         return 0
     if args.component not in COMPONENTS:
         print(
