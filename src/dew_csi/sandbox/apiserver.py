@@ -5,6 +5,19 @@ The rules (what a write does, selectors, patches, GC) live in `apistore.py`; thi
 speaks HTTP. `ApiServer` runs on the caller's event loop, `ApiServerThread` on its own loop in a
 daemon thread (so a blocking bug in the code under test cannot hide behind a shared loop), and
 `run_from_args` is `dew-csi sandbox apiserver`.
+
+Pod logs (`GET .../pods/NAME/log`). The real API server checks the options and the container
+name, then proxies to the node's kubelet, which checks the container's state and streams its log
+file. This emulator does both halves itself, with the same messages (400 `a container name must
+be specified for pod X, choose one of: [a b c]`, `container X is not valid for pod Y`, `container
+"c" in pod "p" is waiting to start: ContainerCreating`, ...; 422 for invalid options). The content
+comes from the sandbox's container registry (`containers.py`: the add-on's pods in kube-system,
+backed by the sandbox's real processes; named by $DEW_CSI_SANDBOX_CONTAINERS when the emulator
+starts), with `container`, `tailLines`, `sinceSeconds`, `sinceTime`, `timestamps`, `limitBytes`
+and `follow` (a chunked stream until the client goes, the pod goes or its process ends). Every
+other container, an application pod's for instance, runs no process in the sandbox (the kubelet
+simulator starts none), so a running one has an empty log: 200 with no body, where a real
+cluster would return what the container printed (nginx's image prints a few start-up lines).
 """
 
 from __future__ import annotations
@@ -23,6 +36,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -30,7 +44,7 @@ import yaml
 from aiohttp import web
 
 from dew_csi.logs import setup_logging
-from dew_csi.sandbox import apitables
+from dew_csi.sandbox import apitables, containers
 from dew_csi.sandbox.admission import Admission, named
 from dew_csi.sandbox.apistore import (
     MAX_BODY_BYTES,
@@ -77,6 +91,7 @@ BODY_TYPES: Final = ("application/json", "application/yaml")
 DRAIN_LIMIT: Final = 64 * 1024 * 1024  # beyond this an oversized body is not even read away
 WATCH_QUEUE_LIMIT: Final = 10000  # a watcher this far behind is cut off, as the real one is
 ANONYMOUS_PATHS: Final = frozenset({"healthz", "livez", "readyz", "version"})
+LOG_FOLLOW_INTERVAL: Final = 0.2  # how often a followed log is read again
 
 
 def _parse_bool(value: str | None) -> bool:
@@ -184,8 +199,13 @@ class ApiServer:
         token: str | None = None,
         event_history: int = 10000,
         bookmark_interval: float = 15.0,
+        container_registry: Path | None = None,
     ) -> None:
         self.store = Store(event_history=event_history)
+        # Where the sandbox's real containers log (containers.py); None: no container has output.
+        self.containers = containers.RegistryFile(container_registry)
+        self.log_followers = 0  # followed logs being streamed now
+        self._closing = False
         self.admission = Admission(self.store)
         self.state_file = Path(state_file) if state_file is not None else None
         self.token = token
@@ -219,6 +239,7 @@ class ApiServer:
         self._persist()
 
     async def stop(self) -> None:
+        self._closing = True  # ends followed logs
         self.store.close_watchers()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -501,6 +522,8 @@ class ApiServer:
     async def _get(self, request: web.Request, target: _Target) -> web.StreamResponse:
         query = request.query
         rt = target.rt
+        if target.subresource == "log" and target.name is not None:
+            return await self._pod_log(request, target)
         watching = target.watch_path or _parse_bool(query.get("watch"))
         if target.name is not None and not watching:
             if target.subresource == "scale":
@@ -727,6 +750,75 @@ class ApiServer:
         finally:
             self.store.unwatch(watcher)
         return response
+
+    # -- pods/log
+
+    async def _pod_log(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        """The API server's checks (options, container name), kubelet's (the container's
+        state), then the log: all at once, or followed (see the module docstring)."""
+        name, namespace = target.name or "", target.namespace or ""
+        options, follow, previous = _log_options(request.query, name)
+        pod = self.store.require(target.rt, namespace, name)
+        container = _log_container(pod, request.query.get("container") or "")
+        plain = {"Content-Type": "text/plain"}
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return web.Response(headers=plain)  # not scheduled: an empty log, as the real one
+        problem = _container_log_problem(pod, container, previous)
+        if problem is not None:
+            raise bad_request(problem)
+        registered = self.containers.current().find(namespace, name)
+        source = registered.containers.get(container) if registered is not None else None
+        reader = None
+        if source is not None and registered is not None and not previous:
+            start = datetime.fromisoformat(registered.started_at)
+            reader = containers.ContainerLogReader(Path(source.path), source.offset, start)
+        writer = containers.LogWriter(options)
+        lines = await asyncio.to_thread(reader.read, final=not follow) if reader else []
+        body = writer.first(lines)
+        if not follow:
+            return web.Response(body=body, headers=plain)
+        response = web.StreamResponse(headers=plain)
+        response.enable_chunked_encoding()
+        uid = meta_of(pod).get("uid")
+        self.log_followers += 1
+        try:
+            await response.prepare(request)
+            if body:
+                await response.write(body)
+            while not writer.done and not self._closing:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the client went away
+                running = self._log_source_running(target.rt, namespace, name, uid, container)
+                if reader is not None:
+                    lines = await asyncio.to_thread(reader.read, final=not running)
+                    chunk = writer.render(lines)
+                    if chunk:
+                        await response.write(chunk)
+                if not running:
+                    break
+                await asyncio.sleep(LOG_FOLLOW_INTERVAL)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up mid-write
+        finally:
+            self.log_followers -= 1
+        return response
+
+    def _log_source_running(
+        self, rt: ResourceType, namespace: str, name: str, uid: Any, container: str
+    ) -> bool:
+        """Whether a followed container can still write: its pod is still this one and the
+        container runs (for the sandbox's processes: the process lives)."""
+        pod = self.store.get(rt, namespace, name)
+        if pod is None or meta_of(pod).get("uid") != uid:
+            return False
+        registered = self.containers.current().find(namespace, name)
+        source = registered.containers.get(container) if registered is not None else None
+        if registered is not None and source is not None and source.process:
+            return registered.alive()
+        status = _container_status(pod, container) or {}
+        return "running" in (status.get("state") or {})
 
     # -- writes
 
@@ -1155,6 +1247,119 @@ class ApiServer:
         }
 
 
+def _log_options(query: Any, name: str) -> tuple[containers.LogOptions, bool, bool]:
+    """PodLogOptions from the query, validated as the API server does (400 for a value that is
+    not a number or a time, 422 for one out of range); with `follow` and `previous`."""
+    lowest = -(2**63)
+    tail = _parse_int(query, "tailLines", minimum=lowest)
+    limit = _parse_int(query, "limitBytes", minimum=lowest)
+    since_seconds = _parse_int(query, "sinceSeconds", minimum=lowest)
+    since_time = None
+    text = query.get("sinceTime")
+    if text:
+        try:
+            since_time = datetime.fromisoformat(text)
+        except ValueError:
+            since_time = None
+        if since_time is None or since_time.tzinfo is None:
+            raise bad_request(f'sinceTime: Invalid value: "{text}": must be an RFC 3339 time')
+    errors: list[FieldError] = []
+    if tail is not None and tail < 0:
+        errors.append(
+            FieldError("invalid", "tailLines", "must be greater than or equal to 0", tail)
+        )
+    if limit is not None and limit < 1:
+        errors.append(FieldError("invalid", "limitBytes", "must be greater than 0", limit))
+    if since_seconds is not None and since_time is not None:
+        errors.append(
+            FieldError(
+                "forbidden", "", "at most one of `sinceTime` or `sinceSeconds` may be specified"
+            )
+        )
+    elif since_seconds is not None and since_seconds < 1:
+        errors.append(
+            FieldError("invalid", "sinceSeconds", "must be greater than 0", since_seconds)
+        )
+    if errors:
+        raise invalid_object("PodLogOptions", "", name, errors)
+    since = since_time
+    if since_seconds is not None:
+        since = datetime.now(UTC) - timedelta(seconds=since_seconds)
+    options = containers.LogOptions(
+        tail_lines=tail,
+        since=since,
+        timestamps=_parse_bool(query.get("timestamps")),
+        limit_bytes=limit,
+    )
+    return options, _parse_bool(query.get("follow")), _parse_bool(query.get("previous"))
+
+
+def _names(pod: Obj, key: str) -> list[str]:
+    return [str(c.get("name")) for c in (pod.get("spec") or {}).get(key) or []]
+
+
+def _log_container(pod: Obj, requested: str) -> str:
+    """The container a log request is for, or the API server's 400 (LogLocation)."""
+    name = meta_of(pod).get("name", "")
+    regular, init = _names(pod, "containers"), _names(pod, "initContainers")
+    if not requested:
+        if len(regular) == 1:
+            return regular[0]
+        if not regular:
+            raise bad_request(f"a container name must be specified for pod {name}")
+        message = (
+            f"a container name must be specified for pod {name}, "
+            f"choose one of: [{' '.join(regular)}]"
+        )
+        if init:
+            message += f" or one of the init containers: [{' '.join(init)}]"
+        raise bad_request(message)
+    if requested not in (*regular, *init, *_names(pod, "ephemeralContainers")):
+        raise bad_request(f"container {requested} is not valid for pod {name}")
+    return requested
+
+
+def _container_status(pod: Obj, container: str) -> Obj | None:
+    status = pod.get("status") or {}
+    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+        for entry in status.get(key) or []:
+            if isinstance(entry, dict) and entry.get("name") == container:
+                return entry
+    return None
+
+
+def _container_log_problem(pod: Obj, container: str, previous: bool) -> str | None:
+    """Why kubelet would refuse this container's log (validateContainerLogStatus), or None."""
+    pod_name = meta_of(pod).get("name", "")
+    where = f'container "{container}" in pod "{pod_name}"'
+    status = _container_status(pod, container)
+    if status is None:
+        return f"{where} is not available"
+    state = status.get("state") or {}
+    last = (status.get("lastState") or {}).get("terminated") or {}
+    waiting, terminated = state.get("waiting"), state.get("terminated")
+    if previous:
+        if not last.get("containerID"):
+            return f'previous terminated container "{container}" in pod "{pod_name}" not found'
+        return None
+    if state.get("running") is not None:
+        return None
+    if terminated is not None:
+        if terminated.get("containerID") or last.get("containerID"):
+            return None
+        return f"{where} is terminated"
+    if last:
+        return None if last.get("containerID") else f"{where} is terminated"
+    if waiting is not None:
+        reason = waiting.get("reason") or ""
+        if reason == "ErrImagePull":
+            return f"{where} is waiting to start: image can't be pulled"
+        if reason == "ImagePullBackOff":
+            return f"{where} is waiting to start: trying and failing to pull image"
+        return f"{where} is waiting to start: {reason}"
+    return f"{where} is waiting to start - no logs yet"
+
+
 def _warning_header(text: str) -> str:
     """A `Warning: 299` value; quotes and anything outside printable ASCII are escaped, since a
     raw control character would make the whole response unsendable."""
@@ -1293,8 +1498,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         try:
+            registry = os.environ.get(containers.REGISTRY_ENV)
             server = ApiServer(
-                state_file=Path(args.state) if args.state else None, token=args.token
+                state_file=Path(args.state) if args.state else None,
+                token=args.token,
+                container_registry=Path(registry) if registry else None,
             )
             await server.start(host, port)
         except (OSError, ValueError) as error:

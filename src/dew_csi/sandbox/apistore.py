@@ -370,6 +370,7 @@ SUBRESOURCE_KINDS: Final[dict[str, tuple[str, str, str, tuple[str, ...]]]] = {
     "scale": ("Scale", "autoscaling", "v1", ("get", "patch", "update")),
     "binding": ("Binding", "", "v1", ("create",)),
     "token": ("TokenRequest", "authentication.k8s.io", "v1", ("create",)),
+    "log": ("", "", "", ("get",)),
 }
 
 _KUBE_VERSION = re.compile(r"^v(\d+)(?:(alpha|beta)(\d+))?$")
@@ -496,7 +497,7 @@ def builtin_types() -> list[ResourceType]:
             ("v1",),
             short_names=("po",),
             categories=("all",),
-            subresources=frozenset({"status", "binding"}),
+            subresources=frozenset({"status", "binding", "log"}),
             field_selectors=frozenset(
                 {
                     "spec.nodeName",

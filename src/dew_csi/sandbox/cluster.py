@@ -14,7 +14,11 @@
 
 It installs the add-on's CRDs, its CSIDriver object and the `default-secret` the guide's
 `kubectl get secrets` shows, writes `DIR/sandbox.json` (pids, urls, paths), and returns once
-every part answers. State survives `down` and `up` again (same credentials, same objects).
+every part answers. The driver and provider also appear as the add-on's pods do on CCE, so the
+guide's "Viewing Component Logs" works: `kubectl get pod -n kube-system` lists
+`csi-secrets-store-xxxxx` (3/3) and `dew-provider-xxxxx` (1/1), and `kubectl logs` prints those
+processes' logs (`containers.py`; `down` removes the pods). State survives `down` and `up`
+again (same credentials, same objects).
 
 Mounts. When run as root with `unshare`, the driver (mounter `tmpfs`, as in production) runs in
 a private mount namespace of its own (`unshare --mount --propagation private`) and the kubelet
@@ -57,6 +61,7 @@ from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
 from dew_csi.driver.mounter import read_mountinfo
 from dew_csi.driver.rotation import parse_rotation_interval
 from dew_csi.resources import ResourceMissing, crd_dir
+from dew_csi.sandbox import containers
 from dew_csi.sandbox.kubelet import (
     CSI_DRIVER,
     DEFAULT_NODE_NAME,
@@ -64,6 +69,7 @@ from dew_csi.sandbox.kubelet import (
     read_environment,
     target_path,
 )
+from dew_csi.statefile import write_atomically
 
 T = TypeVar("T")
 
@@ -95,6 +101,9 @@ LOG_TAIL_LINES: Final = 30
 SANDBOX_LATEST_TTL: Final = "500ms"
 _AK_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _SK_ALPHABET: Final = _AK_ALPHABET + "abcdefghijklmnopqrstuvwxyz"
+DAEMON_SET: Final = kube.Resource("apps", "v1", "DaemonSet", "daemonsets")
+# Marks the DaemonSets (and pods) `up` makes for its own processes: only those are removed.
+ADDON_ANNOTATION: Final = "sandbox.dew-csi.io/component"
 
 
 class SandboxError(Exception):
@@ -285,6 +294,11 @@ class Sandbox:
     def log_file(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
+    @property
+    def container_registry(self) -> Path:
+        """Which processes and log files the add-on's pods stand for (containers.py)."""
+        return self.directory / containers.REGISTRY_FILE
+
     # -- context manager
 
     def __enter__(self) -> Sandbox:
@@ -374,6 +388,7 @@ class Sandbox:
         assert info is not None
         credentials = self._credentials()
         cli = [self.python, "-m", "dew_csi.cli"]
+        self.container_registry.unlink(missing_ok=True)  # an earlier run's processes
 
         # 1. The API and CSMS, side by side.
         self._spawn(
@@ -389,6 +404,8 @@ class Sandbox:
                 "--kubeconfig-out",
                 str(self.kubeconfig),
             ],
+            # Where the add-on's pods log, for `kubectl logs` (read at each request).
+            env={containers.REGISTRY_ENV: str(self.container_registry)},
         )
         self._spawn(
             "csms",
@@ -413,6 +430,7 @@ class Sandbox:
         self._write_csms_env({"CSMS_ENDPOINT": info.csms_endpoint, **credentials})
         self._save()
         _run_coroutine(self._prepare_api)
+        _run_coroutine(self._remove_addon_pods)  # left by an earlier run that was not stopped
 
         # 2. The add-on: provider and driver.
         self._spawn(
@@ -491,6 +509,7 @@ class Sandbox:
         self._wait_ready("controllers", deadline)
         _run_coroutine(self._check_node)
         self._start_webhook(cli, deadline)
+        self._start_addon_pods(deadline)
         self._save()
 
     def _start_webhook(self, cli: list[str], deadline: float) -> None:
@@ -736,6 +755,113 @@ class Sandbox:
                 },
             )
 
+    # -- the add-on's pods
+
+    def _start_addon_pods(self, deadline: float) -> None:
+        """The DaemonSets csi-secrets-store and dew-provider in kube-system and a pod each for
+        the driver and provider processes, listed in the container registry first (so the
+        kubelet never takes them for application pods); returns once the kubelet reports them
+        Running."""
+        info = self.info
+        assert info is not None
+        socket = str(self.driver_socket)
+        offsets = {
+            name: containers.write_klog(self.log_file(name), lines)
+            for name, lines in containers.sidecar_logs(socket, DRIVER_NAME).items()
+        }
+        records = {name: info.components[name] for name in ("driver", "provider")}
+        for name in records:
+            offsets[name] = self._output_offset(name)
+        argv = {name: containers.command_line(r.pid) for name, r in records.items()}
+        pods = containers.addon_pods(argv["driver"], argv["provider"], socket)
+        names = {p.daemon_set: f"{p.daemon_set}-{containers.name_suffix()}" for p in pods}
+        entries = []
+        for pod in pods:
+            record = records[pod.component]
+            logs = {}
+            for container in pod.container_names:
+                own = container == pod.process_container
+                log_name = pod.component if own else container
+                logs[container] = containers.ContainerLog(
+                    str(self.log_file(log_name)), offsets[log_name], own
+                )
+            entries.append(
+                containers.SystemPod(
+                    containers.SYSTEM_NAMESPACE,
+                    names[pod.daemon_set],
+                    pod.component,
+                    record.pid,
+                    record.start_time,
+                    containers.rfc3339(containers.started_at(record.start_time)),
+                    logs,
+                )
+            )
+        registry = containers.Registry(tuple(entries))
+        write_atomically(self.container_registry, registry.to_json().encode())
+        _run_coroutine(lambda: self._create_addon_pods(pods, names, deadline))
+
+    def _output_offset(self, name: str) -> int:
+        """Where this run's output of a component starts: after the line `_spawn` wrote."""
+        offset = self._offsets.get(name, 0)
+        with self.log_file(name).open("rb") as handle:
+            handle.seek(offset)
+            return offset + len(handle.readline())
+
+    async def _create_addon_pods(
+        self, pods: list[containers.AddonPod], names: dict[str, str], deadline: float
+    ) -> None:
+        assert self.info is not None
+        namespace = containers.SYSTEM_NAMESPACE
+        async with kube.Kube.from_kubeconfig(self.kubeconfig) as client:
+            for pod in pods:
+                account = pod.template["spec"]["serviceAccountName"]
+                await _create_missing(
+                    client,
+                    kube.SERVICE_ACCOUNT,
+                    {"metadata": {"name": account, "namespace": namespace}},
+                )
+                daemon_set = containers.daemon_set_manifest(pod)
+                daemon_set["metadata"]["annotations"] = {ADDON_ANNOTATION: pod.component}
+                owner = await client.create(DAEMON_SET, daemon_set)
+                manifest = containers.pod_manifest(
+                    pod, names[pod.daemon_set], self.info.node, owner
+                )
+                manifest["metadata"]["annotations"] = {ADDON_ANNOTATION: pod.component}
+                await client.create(kube.POD, manifest)
+            for pod in pods:
+                name = names[pod.daemon_set]
+                while not _running_and_ready(await client.get(kube.POD, name, namespace)):
+                    if time.monotonic() > deadline:
+                        raise self._failure(
+                            "kubelet", f"did not report the add-on's pod {namespace}/{name} Running"
+                        )
+                    await asyncio.sleep(0.05)
+                await client.replace_status(
+                    DAEMON_SET,
+                    {
+                        "metadata": {"name": pod.daemon_set, "namespace": namespace},
+                        "status": containers.daemon_set_status(ready=1),
+                    },
+                )
+
+    async def _remove_addon_pods(self) -> None:
+        """Delete the DaemonSets `up` made for its processes, and their pods at once (grace
+        period 0: the processes they stood for are stopped by `down`, not by a kubelet)."""
+        namespace = containers.SYSTEM_NAMESPACE
+        async with kube.Kube.from_kubeconfig(self.kubeconfig, timeout=5.0) as client:
+            sets, _ = await client.list_objects(DAEMON_SET, namespace)
+            ours = [d for d in sets if ADDON_ANNOTATION in (d["metadata"].get("annotations") or {})]
+            owners = {d["metadata"]["uid"] for d in ours}
+            pods, _ = await client.list_objects(kube.POD, namespace)
+            for pod in pods:
+                references = pod["metadata"].get("ownerReferences") or []
+                if any(r.get("uid") in owners for r in references):
+                    await client.delete(
+                        kube.POD, pod["metadata"]["name"], namespace, grace_period=0
+                    )
+            for daemon_set in ours:
+                await client.delete(DAEMON_SET, daemon_set["metadata"]["name"], namespace)
+
     async def _check_node(self) -> None:
         assert self.info is not None
         async with kube.Kube.from_kubeconfig(self.kubeconfig) as client:
@@ -757,6 +883,10 @@ class Sandbox:
         info = self.info if self.info is not None else self.load()
         records = dict(info.components) if info is not None else {}
         alive = {name: r for name, r in records.items() if _is_running(r)}
+        if "apiserver" in alive and self.container_registry.exists():
+            # Best effort: whatever keeps the API from answering, `down` goes on.
+            with contextlib.suppress(Exception):
+                _run_coroutine(self._remove_addon_pods)
         for name in reversed(COMPONENTS):
             if name in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -789,6 +919,7 @@ class Sandbox:
                     socket.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+        self.container_registry.unlink(missing_ok=True)
         self.info = None
         return done
 
@@ -914,6 +1045,13 @@ class Sandbox:
                 + (f" ({waiting})" if waiting else "")
                 + f"; nothing in {path}"
             ) from None
+
+
+def _running_and_ready(pod: dict[str, Any]) -> bool:
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return status.get("phase") == "Running" and ready
 
 
 def _waiting_reason(pod: dict[str, Any], container: str) -> str:

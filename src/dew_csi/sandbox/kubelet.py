@@ -23,6 +23,13 @@ What it does, as the real kubelet (and scheduler) would for a single node:
 
 No container runs: the simulator stops at what the add-on can observe. It never logs secret
 values, nodePublishSecretRef contents or environment values.
+
+The add-on's own pods are the exception (`containers.py`): pods the sandbox lists in its
+container registry (`<root>/containers.json`) stand for its real driver and provider processes.
+For them the simulator mounts nothing and resolves nothing: it reports the process, Running
+since the process started while it lives and, once it is gone, its container terminated (reason
+`ContainerStatusUnknown`, exit code 137: the simulator is not the process's parent and cannot
+learn its exit status; nothing restarts it).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from dew_csi.driver.mounter import read_mountinfo
 from dew_csi.durations import parse_duration
 from dew_csi.grpc_socket import socket_path
 from dew_csi.logs import fields, setup_logging
+from dew_csi.sandbox import containers
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,8 @@ POD_NETWORK: Final = ipaddress.ip_network("10.0.0.0/24")
 PUBLISH_TIMEOUT_SECONDS: Final = 120.0
 PLUGIN_INFO_TIMEOUT_SECONDS: Final = 5.0
 DEFAULT_SCHEDULER: Final = "default-scheduler"
+# How often the process behind one of the add-on's pods is looked at.
+SYSTEM_POD_CHECK_SECONDS: Final = 1.0
 
 
 # Go's names for gRPC codes, as `rpc error: code = ...` prints them.
@@ -479,6 +489,7 @@ class KubeletSimulator:
         self._driver_name: str | None = None
         self._capacity = _node_capacity()
         self._stopping = False
+        self._containers = containers.RegistryFile(self.root / containers.REGISTRY_FILE)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -747,6 +758,10 @@ class KubeletSimulator:
 
     async def _sync(self, worker: _PodWorker, pod: KubeObject) -> float | None:
         """Mount, resolve, start; the delay before the next attempt, or None when settled."""
+        meta = pod["metadata"]
+        system = self._containers.current().find(str(meta["namespace"]), str(meta["name"]))
+        if system is not None:
+            return await self._sync_system_pod(worker, pod, system)
         for volume in csi_volumes(pod):
             name = str(volume["name"])
             if name in worker.published:
@@ -790,6 +805,92 @@ class KubeletSimulator:
         worker.running = True
         worker.attempts = 0
         return None
+
+    async def _sync_system_pod(
+        self, worker: _PodWorker, pod: KubeObject, system: containers.SystemPod
+    ) -> float | None:
+        """One of the add-on's pods: report its process (see the module docstring)."""
+        alive = system.alive()
+        was_ready = _is_ready(pod)
+        status = self._system_status(pod, system, alive)
+        await self._write_status(pod, status)
+        if was_ready != _is_ready({"status": status}):
+            log.log(
+                logging.INFO if alive else logging.WARNING,
+                "add-on pod running" if alive else "add-on process is gone",
+                extra=fields(pod=_pod_key(pod), pid=system.pid, component=system.component),
+            )
+        worker.running = True
+        # While the process lives, look again in a second; once gone, it stays gone.
+        return SYSTEM_POD_CHECK_SECONDS if alive else None
+
+    def _system_status(
+        self, pod: KubeObject, system: containers.SystemPod, alive: bool
+    ) -> KubeObject:
+        now = _now()
+        uid = str(pod["metadata"]["uid"])
+        status = pod.get("status") or {}
+        previous = {c.get("type"): c for c in status.get("conditions") or []}
+        old = {s.get("name"): s for s in status.get("containerStatuses") or []}
+        statuses: list[KubeObject] = []
+        unready: list[str] = []
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            name, image = str(container["name"]), str(container.get("image") or "")
+            entry: KubeObject = {
+                "name": name,
+                "image": image,
+                "imageID": f"sandbox://{image}",
+                "containerID": _container_id(uid, name),
+                "restartCount": 0,
+                "lastState": {},
+            }
+            source = system.containers.get(name)
+            if source is not None and source.process and not alive:
+                earlier = ((old.get(name) or {}).get("state") or {}).get("terminated") or {}
+                entry.update(
+                    ready=False,
+                    started=False,
+                    state={
+                        "terminated": {
+                            "exitCode": containers.UNKNOWN_EXIT_CODE,
+                            "reason": containers.UNKNOWN_EXIT_REASON,
+                            "message": f"the sandbox's {system.component} process (pid "
+                            f"{system.pid}) has exited; the kubelet simulator is not its parent "
+                            "and cannot learn its exit status, and does not restart it",
+                            "startedAt": system.started_at,
+                            "finishedAt": earlier.get("finishedAt") or now,
+                            "containerID": entry["containerID"],
+                        }
+                    },
+                )
+                unready.append(name)
+            else:
+                entry.update(
+                    ready=True, started=True, state={"running": {"startedAt": system.started_at}}
+                )
+            statuses.append(entry)
+        message = f"containers with unready status: [{' '.join(unready)}]"
+        ready = not unready
+        reason = None if ready else "ContainersNotReady"
+        ip = self._ips.address(uid)
+        return {
+            "phase": "Running",
+            "conditions": [
+                _condition("PodReadyToStartContainers", True, previous, now),
+                _condition("Initialized", True, previous, now),
+                _condition("Ready", ready, previous, now, reason, None if ready else message),
+                _condition(
+                    "ContainersReady", ready, previous, now, reason, None if ready else message
+                ),
+                _condition("PodScheduled", True, previous, now),
+            ],
+            "hostIP": self.config.node_ip,
+            "hostIPs": [{"ip": self.config.node_ip}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": system.started_at,
+            "containerStatuses": statuses,
+        }
 
     async def _resolve(self, pod: KubeObject) -> dict[str, list[tuple[str, str]]]:
         uid = str(pod["metadata"]["uid"])
@@ -1183,6 +1284,11 @@ class KubeletSimulator:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _pod_key(pod: Mapping[str, Any]) -> str:
