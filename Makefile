@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test lint typecheck unit demo bench protos clean
+.PHONY: test lint typecheck unit demo bench protos clean cluster cluster-down test-cluster
 
 $(STAMP): pyproject.toml src/dew_csi/__init__.py
 	@echo "==> [1/3] $(VENV): a virtual environment for dew-csi ($(PYTHON))"
@@ -40,3 +40,16 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# A real single-node Kubernetes built here (hack/, test infrastructure; README "Testing on a real
+# cluster"): needs root and Go. Builds are cached in ~/.cache/dew-csi.
+cluster: $(STAMP)
+	bash hack/install-deps.sh
+	VENV_BIN=$(CURDIR)/$(BIN) bash hack/cluster-up.sh
+
+cluster-down:
+	bash hack/cluster-down.sh
+
+# The tests against that cluster (tests/cluster, marker `cluster`); `make cluster` first.
+test-cluster: $(STAMP)
+	DEW_CSI_TEST_CLUSTER=1 $(BIN)/pytest -m cluster tests/cluster
