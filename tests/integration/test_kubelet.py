@@ -22,6 +22,7 @@ import pytest
 
 from dew_csi import DRIVER_NAME, kube
 from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
+from dew_csi.sandbox import containers
 from dew_csi.sandbox.apiserver import ApiServerThread
 from dew_csi.sandbox.kubelet import (
     CSI_DRIVER,
@@ -607,6 +608,80 @@ async def test_restart_keeps_running_pods_and_cleans_up_what_vanished_meanwhile(
 
 async def _publish_count(node: Node, uid: str, wanted: int) -> bool:
     return len(node.driver.publishes_for(uid)) >= wanted
+
+
+async def test_an_add_on_pod_is_reported_from_its_process(node: Node) -> None:
+    """A pod in the sandbox's container registry stands for a real process: Running since the
+    process started while it lives (nothing mounted, no environment resolved), its container
+    terminated once the process is gone, the other containers still running."""
+    process = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        ticks = containers.process_start_ticks(process.pid)
+        assert ticks is not None
+        started = containers.rfc3339(containers.started_at(ticks))
+        log = str(node.root / "driver.log")
+        entry = containers.SystemPod(
+            "kube-system",
+            "csi-secrets-store-b2c4d",
+            "driver",
+            process.pid,
+            ticks,
+            started,
+            {
+                "registrar": containers.ContainerLog(log),
+                "secrets-store": containers.ContainerLog(log, process=True),
+            },
+        )
+        (node.root / containers.REGISTRY_FILE).write_text(containers.Registry((entry,)).to_json())
+        pod = csi_pod("csi-secrets-store-b2c4d")  # a CSI volume it must not publish
+        pod["metadata"]["namespace"] = "kube-system"
+        pod["spec"]["nodeName"] = NODE
+        pod["spec"]["containers"] = [
+            {"name": "registrar", "image": "registrar"},
+            {"name": "secrets-store", "image": "dew-csi", "env": [{"name": "A", "value": "1"}]},
+        ]
+        created = await node.client.create(kube.POD, pod)
+
+        async def reported() -> dict[str, Any] | None:
+            found = await node.client.get(kube.POD, "csi-secrets-store-b2c4d", "kube-system")
+            status: dict[str, Any] = found.get("status") or {}
+            return status if status.get("phase") == "Running" else None
+
+        status = await eventually(reported, what="the add-on pod Running")
+        assert status["startTime"] == started
+        assert [s["state"] for s in status["containerStatuses"]] == [
+            {"running": {"startedAt": started}}
+        ] * 2
+        assert all(s["ready"] for s in status["containerStatuses"])
+        assert node.driver.publishes_for(created["metadata"]["uid"]) == []
+        assert not (node.root / "pods" / created["metadata"]["uid"]).exists()
+
+        process.kill()
+        await process.wait()
+
+        async def terminated() -> dict[str, Any] | None:
+            found = await node.client.get(kube.POD, "csi-secrets-store-b2c4d", "kube-system")
+            statuses = {s["name"]: s for s in (found.get("status") or {})["containerStatuses"]}
+            state: dict[str, Any] = statuses["secrets-store"]["state"]
+            return found if "terminated" in state else None
+
+        found = await eventually(terminated, what="the container terminated")
+        statuses = {s["name"]: s for s in found["status"]["containerStatuses"]}
+        ended = statuses["secrets-store"]["state"]["terminated"]
+        assert ended["reason"] == "ContainerStatusUnknown"
+        assert ended["exitCode"] == 137
+        assert ended["startedAt"] == started
+        assert f"pid {process.pid}" in ended["message"]
+        assert statuses["secrets-store"]["restartCount"] == 0
+        assert statuses["registrar"]["state"] == {"running": {"startedAt": started}}
+        assert found["status"]["phase"] == "Running"
+        ready = next(c for c in found["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "False"
+        assert ready["message"] == "containers with unready status: [secrets-store]"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 # --------------------------------------------------------------------------- pure parts
