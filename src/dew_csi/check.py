@@ -19,6 +19,11 @@ inline CSI volumes of driver `secrets-store.csi.k8s.io`, one line per check:
 `check spc NAME` runs the SecretProviderClass-level checks (2, 4 with the default chain, 5, 6, 7)
 and, with `--service-account SA`, the whitelist (3).
 
+Without a CSMS location (no `--region`, `--endpoint` or `CSMS_ENDPOINT`/`HUAWEICLOUD_SDK_REGION`
+from `--env-file` or the environment), only the Kubernetes checks run (1, 2, 3, 7, and the
+nodePublishSecretRef Secret of 4); the credentials and CSMS checks are reported as not checked,
+with the options that enable them.
+
 A failed check does not stop independent ones (a whitelist failure still lets CSMS be checked);
 checks that depend on a failed one are reported as not checked. Exit status: 0 when every check
 passed, 1 when any failed (a missing pod is a failed check), 2 for usage errors.
@@ -44,8 +49,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final, TextIO
 
-import yaml
-
 from dew_csi import DRIVER_NAME, PROVIDER_NAME, kube, spc
 from dew_csi.csms import (
     Credentials,
@@ -55,14 +58,21 @@ from dew_csi.csms import (
     CsmsClient,
     CsmsClientConfig,
     CsmsError,
-    EnvironmentCredentialsProvider,
     FileCredentialsProvider,
     MetadataCredentialsProvider,
     RetryPolicy,
     SecretVersion,
     credentials_from_node_publish_secrets,
 )
-from dew_csi.csms.cli import ENV_PROJECT_ID, UsageError, csms_config_from_args
+from dew_csi.csms.cli import (
+    ENV_PROJECT_ID,
+    CsmsEnvironment,
+    EnvCredentialsProvider,
+    NoCsmsLocation,
+    UsageError,
+    csms_config_from_args,
+    environment_from_args,
+)
 from dew_csi.provider import mount
 from dew_csi.volume_context import KUBELET_OWNED, SECRET_PROVIDER_CLASS
 
@@ -182,8 +192,9 @@ class Settings:
 
     namespace: str | None
     kubeconfig: str | None
-    csms: CsmsClientConfig
-    environ: Mapping[str, str]
+    csms: CsmsClientConfig | None
+    """None: no CSMS location was given, so only the Kubernetes checks run."""
+    environment: CsmsEnvironment
     credentials_dir: str | None
     metadata_url: str | None
     plain: bool
@@ -194,36 +205,65 @@ def settings_from_args(
 ) -> Settings:
     """Like `dew-csi csms`: options, then the --env-file, then the environment. Unlike it, a
     project id is not required here: the credentials may carry one (nodePublishSecretRef
-    `project_id`, the ECS metadata service), and a missing one is a failed check."""
-    config, merged = csms_config_from_args(
-        args,
-        environ,
-        # A check answers quickly: one retry, a short budget.
-        retry=RetryPolicy(max_attempts=2, base_delay=0.2, max_delay=1.0, deadline=5.0),
-        read_timeout=10.0,
-    )
+    `project_id`, the ECS metadata service), and a missing one is a failed check; and no CSMS
+    location only leaves the CSMS checks out."""
+    environment = environment_from_args(args, environ)
+    config: CsmsClientConfig | None
+    try:
+        config = csms_config_from_args(
+            args,
+            environment,
+            # A check answers quickly: one retry, a short budget.
+            retry=RetryPolicy(max_attempts=2, base_delay=0.2, max_delay=1.0, deadline=5.0),
+            read_timeout=10.0,
+        )
+    except NoCsmsLocation:
+        config = None
     metadata_url = getattr(args, "metadata_url", None) or DEFAULT_METADATA_URL
     return Settings(
         namespace=getattr(args, "namespace", None) or None,
         kubeconfig=getattr(args, "kubeconfig", None) or None,
         csms=config,
-        environ=merged,
+        environment=environment,
         credentials_dir=getattr(args, "credentials_dir", None) or None,
         metadata_url=None if metadata_url.lower() == "none" else metadata_url,
         plain=bool(getattr(args, "plain", False)),
     )
 
 
+class _Named(CredentialsProvider):
+    """A source whose credentials name it as the user configured it (`--credentials-dir DIR`,
+    the metadata service's URL), for the report."""
+
+    def __init__(self, source: CredentialsProvider, name: str) -> None:
+        self._source = source
+        self.name = name
+
+    async def get(self) -> Credentials:
+        return dataclasses.replace(await self._source.get(), source=self.name)
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
 def default_credentials(settings: Settings) -> CredentialsChain:
     """The provider's default chain (`csms.default_chain`), read from the merged environment:
-    environment, then the credentials directory, then the ECS metadata service."""
-    providers: list[CredentialsProvider] = [EnvironmentCredentialsProvider(settings.environ)]
+    environment (or --env-file), then the credentials directory, then the ECS metadata service.
+    Each names itself exactly, so the report says where the AK/SK really came from."""
+    providers: list[CredentialsProvider] = [EnvCredentialsProvider(settings.environment)]
     if settings.credentials_dir is not None:
-        providers.append(FileCredentialsProvider(settings.credentials_dir))
-    if settings.metadata_url is not None:
         providers.append(
-            MetadataCredentialsProvider(
-                base_url=settings.metadata_url, project_id=settings.csms.project_id
+            _Named(
+                FileCredentialsProvider(settings.credentials_dir),
+                f"--credentials-dir {settings.credentials_dir}",
+            )
+        )
+    if settings.metadata_url is not None:
+        project_id = settings.csms.project_id if settings.csms is not None else None
+        providers.append(
+            _Named(
+                MetadataCredentialsProvider(base_url=settings.metadata_url, project_id=project_id),
+                f"the node's agency via the ECS metadata service at {settings.metadata_url}",
             )
         )
     return CredentialsChain(providers)
@@ -244,22 +284,25 @@ class _Access:
     project_id: str
 
 
-class Checker:
-    """Runs the checks against one Kubernetes API and one CSMS endpoint, reporting each."""
+@dataclass(frozen=True)
+class CsmsSide:
+    """The CSMS endpoint and the default credentials the CSMS checks use."""
 
-    def __init__(
-        self,
-        report: Report,
-        client: kube.Kube,
-        csms: CsmsClient,
-        credentials: CredentialsProvider,
-        config: CsmsClientConfig,
-    ) -> None:
+    client: CsmsClient
+    credentials: CredentialsProvider
+    config: CsmsClientConfig
+
+
+class Checker:
+    """Runs the checks against one Kubernetes API and one CSMS endpoint, reporting each. Without
+    a CSMS endpoint (`csms` None) only the Kubernetes checks run; the others are reported as
+    not checked."""
+
+    def __init__(self, report: Report, client: kube.Kube, csms: CsmsSide | None) -> None:
         self._report = report
         self._kube = client
         self._csms = csms
-        self._default_credentials = credentials
-        self._config = config
+        self._csms_skipped = False
         self._default_access: _Access | str | None = None
         self._reads: dict[tuple[str, str, str], SecretVersion | mount.MountError] = {}
         self._blocked: dict[str, mount.MountError] = {}
@@ -276,7 +319,7 @@ class Checker:
             pod = await self._find(kube.POD, name, namespace)
             if pod is None:
                 report.failed(f'pod "{name}" not found in namespace "{namespace}"')
-                return report.summary(success, failure)
+                return self._summary(success, failure)
             spec = pod.get("spec") or {}
             account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
             report.passed(f'pod {where} exists; it runs as ServiceAccount "{account}"')
@@ -293,7 +336,7 @@ class Checker:
                     f"would be mounted: add a csi volume with driver {DRIVER_NAME}, readOnly: "
                     f"true and volumeAttributes.secretProviderClass"
                 )
-                return report.summary(success, failure)
+                return self._summary(success, failure)
             names = ", ".join(_quoted(str(v.get("name"))) for v in volumes)
             report.passed(
                 f"{len(volumes)} CSI {_plural(len(volumes), 'volume')} of driver "
@@ -303,7 +346,11 @@ class Checker:
                 await self._volume(volume, namespace, account)
         except Stop:
             pass
-        return report.summary(success, failure)
+        return self._summary(
+            success,
+            failure,
+            kubernetes_only=f"Kubernetes is ready to mount the secrets of pod {where}",
+        )
 
     async def check_spc(self, name: str, namespace: str, service_account: str | None) -> int:
         report = self._report
@@ -315,7 +362,7 @@ class Checker:
             spc_object = await self._find(kube.SECRET_PROVIDER_CLASS, name, namespace)
             if spc_object is None:
                 report.failed(f'SecretProviderClass "{name}" not found in namespace "{namespace}"')
-                return report.summary(success, failure)
+                return self._summary(success, failure)
             report.passed(f"SecretProviderClass {where} exists")
             parsed = self._validate(spc_object)
             if parsed is None:
@@ -323,18 +370,41 @@ class Checker:
                     "ServiceAccount, credentials and CSMS checks: they need a valid "
                     "SecretProviderClass"
                 )
-                return report.summary(success, failure)
+                return self._summary(success, failure)
             if service_account is None:
                 report.not_checked(
                     "the ServiceAccount whitelist: pass --service-account NAME to check it"
                 )
             else:
                 await self._whitelist(parsed.objects, namespace, service_account)
-            access = await self._resolve_default()
-            await self._csms_checks(parsed, access)
+            if self._csms is None:
+                self._skip_csms(parsed.objects, credentials_checked=False)
+            else:
+                await self._csms_checks(parsed, await self._resolve_default(self._csms))
         except Stop:
             pass
-        return report.summary(success, failure)
+        return self._summary(
+            success,
+            failure,
+            kubernetes_only=f"SecretProviderClass {where} is ready as far as Kubernetes goes",
+        )
+
+    def _summary(self, success: str, failure: str, kubernetes_only: str | None = None) -> int:
+        if self._csms_skipped and kubernetes_only is not None:
+            success = f"{kubernetes_only}; CSMS was not checked"
+        return self._report.summary(success, failure)
+
+    def _skip_csms(self, objects: Sequence[spc.SecretObject], *, credentials_checked: bool) -> None:
+        """Say which checks did not run for want of a CSMS location, and how to run them."""
+        self._csms_skipped = True
+        names = [obj.object_name for obj in objects]
+        what = "CSMS checks" if credentials_checked else "credentials and CSMS checks"
+        jmes_path = ", jmesPath matches" if any(o.jmes_path for o in objects) else ""
+        self._report.not_checked(
+            f"{what} of {_plural(len(names), 'secret')} {_quoted_list(names)} (secret and "
+            f"version exist{jmes_path}): no CSMS location was given; pass --region REGION or "
+            f"--endpoint URL (or --env-file FILE with CSMS_ENDPOINT) to check them"
+        )
 
     # ---- Kubernetes ---------------------------------------------------------------------
 
@@ -400,6 +470,11 @@ class Checker:
             return
         await self._whitelist(parsed.objects, namespace, account)
         access = await self._volume_access(csi, namespace)
+        if self._csms is None:
+            if access is not None or _secret_ref_name(csi) is None:
+                # (A nodePublishSecretRef that failed has said what was not checked.)
+                self._skip_csms(parsed.objects, credentials_checked=access is not None)
+            return
         await self._csms_checks(parsed, access)
 
     # ---- the SecretProviderClass --------------------------------------------------------
@@ -466,12 +541,14 @@ class Checker:
     # ---- credentials ---------------------------------------------------------------------
 
     async def _volume_access(self, csi: Mapping[str, Any], namespace: str) -> _Access | None:
-        reference = csi.get("nodePublishSecretRef")
-        secret_name = reference.get("name") if isinstance(reference, Mapping) else None
-        if not secret_name:
+        secret_name = _secret_ref_name(csi)
+        if secret_name is None:
+            if self._csms is None:
+                return None  # the default credentials are not Kubernetes: not checked
             return await self._resolve_default(
+                self._csms,
                 "credentials: the volume has no nodePublishSecretRef, so dew-provider uses its "
-                "own; this check uses those from "
+                "own; this check uses those from ",
             )
         report = self._report
         where = f'nodePublishSecretRef Secret "{namespace}/{secret_name}"'
@@ -497,20 +574,27 @@ class Checker:
             report.failed(f"{where}: CSMS credentials: {error}")
             report.not_checked("CSMS checks of this volume: no usable credentials")
             return None
-        return self._with_project(credentials, f"credentials: {where} holds ak and sk")
+        if self._csms is None:
+            report.passed(f"credentials: {where} holds ak and sk (AK {credentials.ak})")
+            return _Access(credentials, credentials.project_id or "")
+        return self._with_project(
+            credentials, self._csms.config, f"credentials: {where} holds ak and sk"
+        )
 
-    async def _resolve_default(self, lead: str = "credentials from ") -> _Access | None:
+    async def _resolve_default(
+        self, csms: CsmsSide, lead: str = "credentials from "
+    ) -> _Access | None:
         """This command's default credentials, resolved once and reported on every use."""
         if self._default_access is None:
             try:
-                credentials = await self._default_credentials.get()
+                credentials = await csms.credentials.get()
             except CredentialsError as error:
                 self._default_access = (
                     f"CSMS credentials: {error}; set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK "
                     f"(or --env-file), or pass --credentials-dir or --metadata-url"
                 )
             else:
-                project_id = credentials.project_id or self._config.project_id
+                project_id = credentials.project_id or csms.config.project_id
                 self._default_access = (
                     _Access(credentials, project_id) if project_id else _no_project_id(credentials)
                 )
@@ -522,8 +606,10 @@ class Checker:
         self._report.passed(f"{lead}{access.credentials.source} ({_identifiers(access)})")
         return access
 
-    def _with_project(self, credentials: Credentials, lead: str) -> _Access | None:
-        project_id = credentials.project_id or self._config.project_id
+    def _with_project(
+        self, credentials: Credentials, config: CsmsClientConfig, lead: str
+    ) -> _Access | None:
+        project_id = credentials.project_id or config.project_id
         if not project_id:
             self._report.failed(_no_project_id(credentials))
             self._report.not_checked("CSMS checks of this volume: no usable credentials")
@@ -535,7 +621,7 @@ class Checker:
     # ---- CSMS ----------------------------------------------------------------------------
 
     async def _csms_checks(self, parsed: spc.ParsedSpc, access: _Access | None) -> None:
-        if access is None:
+        if access is None or self._csms is None:
             return
         report = self._report
         identity = access.credentials.identity
@@ -548,7 +634,7 @@ class Checker:
                     f"cannot be read with these credentials (see above)"
                 )
                 return
-            outcome = await self._read(obj, access)
+            outcome = await self._read(self._csms.client, obj, access)
             if isinstance(outcome, mount.MountError):
                 report.failed(outcome.message)
                 if obj.jmes_path:
@@ -562,7 +648,7 @@ class Checker:
             self._jmes_path(obj, outcome)
 
     async def _read(
-        self, obj: spc.SecretObject, access: _Access
+        self, csms: CsmsClient, obj: spc.SecretObject, access: _Access
     ) -> SecretVersion | mount.MountError:
         key = (access.credentials.identity, obj.object_name, obj.object_version)
         known = self._reads.get(key)
@@ -570,7 +656,7 @@ class Checker:
             return known
         credentials = access.credentials.with_project_id(access.project_id)
         try:
-            outcome: SecretVersion | mount.MountError = await self._csms.get_secret_version(
+            outcome: SecretVersion | mount.MountError = await csms.get_secret_version(
                 obj.object_name, obj.object_version, credentials=credentials
             )
         except CsmsError as error:
@@ -596,6 +682,13 @@ class Checker:
                 f"{_quoted(obj.object_name)} {version.version_id} (file "
                 f"{_quoted(entry.object_alias)})"
             )
+
+
+def _secret_ref_name(csi: Mapping[str, Any]) -> str | None:
+    """The name of the volume's nodePublishSecretRef Secret, if it has one."""
+    reference = csi.get("nodePublishSecretRef")
+    name = reference.get("name") if isinstance(reference, Mapping) else None
+    return str(name) if name else None
 
 
 def _objects_only(
@@ -674,41 +767,30 @@ def _quiet_library_logs(verbose: bool) -> None:
         logger.addHandler(logging.NullHandler())
 
 
-def _kubeconfig_problem(error: Exception) -> str:
-    """What is wrong with the kubeconfig; a YAML error's own text quotes the file, which may
-    hold a token or a client key, so only its problem and position are kept."""
-    if isinstance(error, yaml.MarkedYAMLError):
-        mark = error.problem_mark or error.context_mark
-        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        return f"it is not valid YAML: {error.problem or error.context or 'syntax error'}{at}"
-    if isinstance(error, yaml.YAMLError):
-        return "it is not valid YAML"
-    return f"{error} ({type(error).__name__})"
-
-
 async def _run_checks(settings: Settings, action: Action, out: TextIO) -> int:
     try:
         client = kube.Kube.from_options(settings.kubeconfig)
-    except Exception as error:  # lightkube's ConfigError, OSError, YAML errors: kube.py owns them
-        raise UsageError(
-            f"cannot load the Kubernetes configuration: {_kubeconfig_problem(error)}"
-        ) from None
-    credentials = default_credentials(settings)
+    except kube.KubeConfigError as error:
+        raise UsageError(str(error)) from None
     try:
+        namespace = settings.namespace or client.config.namespace or "default"
+        report = Report(out, plain=settings.plain)
+        if settings.csms is None:
+            return await action(Checker(report, client, None), namespace)
+        credentials = default_credentials(settings)
         try:
-            csms = CsmsClient(credentials, settings.csms)
-        except ValueError as error:
-            raise UsageError(str(error)) from None
-        try:
-            namespace = settings.namespace or client.config.namespace or "default"
-            checker = Checker(
-                Report(out, plain=settings.plain), client, csms, credentials, settings.csms
-            )
-            return await action(checker, namespace)
+            try:
+                csms = CsmsClient(credentials, settings.csms)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            try:
+                checker = Checker(report, client, CsmsSide(csms, credentials, settings.csms))
+                return await action(checker, namespace)
+            finally:
+                await csms.aclose()
         finally:
-            await csms.aclose()
+            await credentials.aclose()
     finally:
-        await credentials.aclose()
         await client.close()
 
 

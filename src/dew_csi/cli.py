@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from dew_csi import __version__
 
@@ -506,15 +506,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[Any] | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """`parser.parse_args`, and the (sub)parser of the chosen command; but an unknown argument
+    is reported before a missing subcommand, by the subcommand's own parser. (argparse checks
+    required subcommands first, so `dew-csi --bogus` would only say that a command is
+    required, and `dew-csi driver --bogus` would show the top-level usage.)"""
+    levels: list[argparse._SubParsersAction[Any]] = []
+    pending = [parser]
+    while pending:
+        action = _subcommands(pending.pop())
+        if action is not None:
+            levels.append(action)
+            pending.extend(action.choices.values())
+    required = {id(action): action.required for action in levels}
+    for action in levels:
+        action.required = False
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    finally:
+        for action in levels:
+            action.required = required[id(action)]
+    chosen = parser
+    while (action := _subcommands(chosen)) is not None:
+        name = getattr(args, action.dest, None)
+        if name is None:
+            if unknown:
+                chosen.error(f"unrecognized arguments: {' '.join(unknown)}")
+            chosen.error(f"a command is required, one of: {', '.join(action.choices)}")
+        chosen = action.choices[name]
+    if unknown:
+        chosen.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args, chosen
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args, command = parse(build_parser(), argv)
     module_name, _, function_name = cast(str, args._target).partition(":")
     runner = cast(Runner, getattr(importlib.import_module(module_name), function_name))
     try:
         return runner(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:
+        # A missing or broken kubeconfig is the user's to fix: one line, as for any other
+        # configuration mistake, whichever command met it. (kube is imported here only, so
+        # commands that never talk to Kubernetes do not load lightkube.)
+        from dew_csi.kube import KubeConfigError
+
+        if not isinstance(error, KubeConfigError):
+            raise
+        print(f"{command.prog}: {error}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

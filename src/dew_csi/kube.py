@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
@@ -25,7 +27,8 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar, cast
 
 import httpx2
-from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
+import yaml
+from lightkube import ALL_NS, ApiError, AsyncClient, ConfigError, KubeConfig
 from lightkube.config.kubeconfig import SingleConfig
 from lightkube.config.models import Cluster, User
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
@@ -150,6 +153,155 @@ class KubeUnavailable(KubeError):
         super().__init__(0, "Unavailable", message)
 
 
+class KubeConfigError(Exception):
+    """No usable Kubernetes client configuration: no kubeconfig and not in a pod, a kubeconfig
+    that cannot be read or parsed, or one naming a context, cluster or file that does not exist.
+    The message names the problem and what to do, never the kubeconfig's content (it may hold
+    a token or a client key)."""
+
+
+_KUBECONFIG_FIX: Final = "pass --kubeconfig FILE or set KUBECONFIG to a valid kubeconfig"
+_IN_CLUSTER_FIX: Final = (
+    "mount the pod's ServiceAccount token (automountServiceAccountToken must not be false), "
+    "or pass --kubeconfig FILE"
+)
+
+
+def load_config(kubeconfig: str | Path | None = None) -> KubeConfig:
+    """The kubeconfig when one is given; else the in-cluster config; else $KUBECONFIG, else
+    ~/.kube/config (lightkube's order). `KubeConfigError` says what is missing and what to do."""
+    if kubeconfig:
+        return _config_from_file(Path(kubeconfig), "--kubeconfig")
+    in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    try:
+        return KubeConfig.from_service_account()
+    except (ConfigError, OSError, KeyError) as error:
+        in_cluster_problem = _in_cluster_problem(error)
+    from_env = os.environ.get("KUBECONFIG")
+    if from_env:
+        if os.pathsep in from_env:
+            raise KubeConfigError(
+                f"KUBECONFIG lists several files ({from_env}); dew-csi reads one: pass "
+                f"--kubeconfig FILE or set KUBECONFIG to one file"
+            )
+        return _config_from_file(Path(from_env), "KUBECONFIG")
+    try:
+        default: Path | None = Path("~/.kube/config").expanduser()
+    except RuntimeError:  # no home directory to expand ~ with
+        default = None
+    if default is not None and (default.exists() or default.is_symlink()):
+        return _config_from_file(default, "the default kubeconfig")
+    if in_pod:
+        raise KubeConfigError(
+            f"running in a pod (KUBERNETES_SERVICE_HOST is set) but its in-cluster "
+            f"configuration cannot be used: {in_cluster_problem}; {_IN_CLUSTER_FIX}"
+        )
+    where = str(default) if default is not None else "~/.kube/config"
+    raise KubeConfigError(
+        f"no Kubernetes configuration: not running in a pod (KUBERNETES_SERVICE_HOST is not "
+        f"set), KUBECONFIG is not set and {where} does not exist; pass --kubeconfig FILE or set "
+        f"KUBECONFIG"
+    )
+
+
+def _in_cluster_problem(error: BaseException) -> str:
+    cause = error.__cause__ if isinstance(error, ConfigError) else error
+    if isinstance(cause, OSError) and cause.filename:
+        return f"{cause.filename}: {cause.strerror or type(cause).__name__}"
+    if isinstance(error, KeyError):
+        return f"the environment variable {error.args[0]} is not set"
+    return str(error)
+
+
+def _config_from_file(path: Path, named_by: str | None = None) -> KubeConfig:
+    where = f"the kubeconfig {path}" + (f" ({named_by})" if named_by else "")
+    file = path.expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise KubeConfigError(f"{where} does not exist; {_KUBECONFIG_FIX}") from None
+    except IsADirectoryError:
+        raise KubeConfigError(f"{where} is a directory, not a file; {_KUBECONFIG_FIX}") from None
+    except PermissionError:
+        raise KubeConfigError(
+            f"{where} cannot be read: permission denied (this process runs as uid "
+            f"{os.getuid()}); make it readable, or {_KUBECONFIG_FIX}"
+        ) from None
+    except UnicodeDecodeError:
+        raise KubeConfigError(f"{where} is not UTF-8 text; {_KUBECONFIG_FIX}") from None
+    except OSError as error:
+        raise KubeConfigError(
+            f"{where} cannot be read: {error.strerror or type(error).__name__}; {_KUBECONFIG_FIX}"
+        ) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise KubeConfigError(f"{where} {_yaml_problem(error)}; {_KUBECONFIG_FIX}") from None
+    if not isinstance(document, dict):
+        raise KubeConfigError(
+            f"{where} is not a kubeconfig: expected a YAML mapping with clusters, contexts and "
+            f"users; {_KUBECONFIG_FIX}"
+        )
+    try:
+        return KubeConfig.from_dict(document, fname=file)
+    except KeyError as error:
+        problem = f"has no {error.args[0]!r}"
+    except (TypeError, AttributeError, ValueError) as error:
+        problem = f"has malformed clusters, contexts or users ({type(error).__name__})"
+    raise KubeConfigError(f"{where} is not a usable kubeconfig: it {problem}; {_KUBECONFIG_FIX}")
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error's own text quotes the file, which may hold a token or a client key: keep
+    only its problem and position."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"is not valid YAML: {error.problem or error.context or 'syntax error'}{at}"
+    return "is not valid YAML"
+
+
+def _unusable_config(config: KubeConfig, error: Exception) -> str:
+    """Why lightkube cannot build a client from a loaded configuration."""
+    if config.fname is not None:
+        where, fix = f"the kubeconfig {config.fname}", _KUBECONFIG_FIX
+    else:
+        where, fix = "the in-cluster configuration", _IN_CLUSTER_FIX
+    if isinstance(error, ConfigError):
+        problem = str(error)
+    elif isinstance(error, KeyError):
+        problem = f"its context names {error.args[0]!r}, which it does not define"
+    elif isinstance(error, AssertionError):  # lightkube asserts a user: "Missing user"
+        problem = (
+            f"{str(error) or 'incomplete'} (its context names no user; without authentication "
+            "give it a user entry with `user: {}`)"
+        )
+    elif isinstance(error, ssl.SSLError):
+        problem = f"its certificate data cannot be used ({error.reason or 'SSL error'})"
+    elif isinstance(error, OSError):
+        # ssl does not say which file it could not load: name the ones the context points to.
+        what = error.filename or _files_named(config) or "a certificate or key file it names"
+        problem = f"cannot read {what}: {error.strerror or type(error).__name__}"
+    else:
+        problem = f"it is malformed ({type(error).__name__})"
+    return f"{where} cannot be used: {problem}; {fix}"
+
+
+def _files_named(config: KubeConfig) -> str:
+    """The certificate and key files the current context names that are not readable files."""
+    try:
+        single = config.get()
+        if single is None:
+            return ""
+        user = single.user
+        named = [single.cluster.certificate_auth, user.client_cert if user else None]
+        named.append(user.client_key if user else None)
+        paths = [Path(single.abs_file(name)) for name in named if name]
+    except (ConfigError, KeyError):
+        return ""
+    return ", ".join(str(path) for path in paths if not os.access(path, os.R_OK))
+
+
 def _translate(error: ApiError) -> KubeError:
     status = error.status
     code = int(status.code or 0)
@@ -197,15 +349,30 @@ class Kube:
     """Async access to the Kubernetes API with plain JSON objects."""
 
     def __init__(self, config: KubeConfig, *, timeout: float = 10.0) -> None:
-        self._client = AsyncClient(
-            config, timeout=httpx2.Timeout(timeout), field_manager=FIELD_MANAGER, trust_env=False
-        )
+        try:
+            self._client = AsyncClient(
+                config,
+                timeout=httpx2.Timeout(timeout),
+                field_manager=FIELD_MANAGER,
+                trust_env=False,
+            )
+        except (
+            ConfigError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            OSError,
+            AssertionError,
+        ) as error:
+            raise KubeConfigError(_unusable_config(config, error)) from None
         self.events = EventRecorder(self)
         """Records Events through this client, aggregating repeats (see `EventRecorder`)."""
 
     @classmethod
     def from_kubeconfig(cls, path: str | Path, **kwargs: Any) -> Kube:
-        return cls(KubeConfig.from_file(path), **kwargs)
+        """`KubeConfigError` when the file cannot be read, parsed or used."""
+        return cls(_config_from_file(Path(path)), **kwargs)
 
     @classmethod
     def in_cluster(cls, service_account_dir: str | Path | None = None, **kwargs: Any) -> Kube:
@@ -222,10 +389,9 @@ class Kube:
 
     @classmethod
     def from_options(cls, kubeconfig: str | Path | None = None, **kwargs: Any) -> Kube:
-        """The kubeconfig when one is given, else in-cluster config, else $KUBECONFIG/~/.kube."""
-        if kubeconfig:
-            return cls.from_kubeconfig(kubeconfig, **kwargs)
-        return cls(KubeConfig.from_env(), **kwargs)
+        """The kubeconfig when one is given, else in-cluster config, else $KUBECONFIG/~/.kube;
+        `KubeConfigError` saying what is missing and what to do (`load_config`)."""
+        return cls(load_config(kubeconfig), **kwargs)
 
     @property
     def config(self) -> SingleConfig:

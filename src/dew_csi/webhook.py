@@ -579,21 +579,24 @@ def config_from_args(args: argparse.Namespace) -> WebhookConfig:
 
 
 async def run(config: WebhookConfig) -> int:
+    """0 after SIGTERM; 2 when the configuration is unusable (TLS files, kubeconfig, --listen);
+    1 when the SecretProviderClass objects cannot be listed."""
     try:
         webhook = Webhook(config)
-    except TlsError as error:
+    except (TlsError, kube.KubeConfigError) as error:
         print(f"dew-csi webhook: {error}", file=sys.stderr, flush=True)
-        return 1
-    except Exception as error:  # lightkube's ConfigError, a YAML error in the kubeconfig
+        return 2
+    try:
+        await webhook.start()
+    except OSError as error:
+        reason = error.strerror or str(error)
         print(
-            f"dew-csi webhook: cannot load the Kubernetes configuration: {error}",
+            f"dew-csi webhook: cannot listen on --listen {config.host}:{config.port}: {reason}",
             file=sys.stderr,
             flush=True,
         )
-        return 1
-    try:
-        await webhook.start()
-    except (OSError, WebhookStartError) as error:
+        return 2
+    except WebhookStartError as error:
         print(f"dew-csi webhook: cannot start: {error}", file=sys.stderr, flush=True)
         return 1
     print(f"dew-csi webhook listening on {webhook.server.url}", flush=True)

@@ -26,6 +26,7 @@ import yaml
 
 from dew_csi import cli, kube, spc
 from dew_csi.csms.emulator import CsmsEmulatorThread, TemporaryCredentials
+from dew_csi.csms.metadata_emulator import MetadataEmulatorThread
 from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
 from tests.conftest import CRD_DIR, EXAMPLES
 
@@ -51,6 +52,7 @@ SENSITIVE = (
 NAMESPACE = "default"
 ALLOWED = ["secret_1", "secret_2", "secret_bin", "secret_missing"]
 CHECK_SA = "check-sa"
+ENV_SOURCE = "the environment variables HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK"
 
 
 def _encoded_forms(value: str) -> tuple[str, ...]:
@@ -173,18 +175,25 @@ class Env:
 
         asyncio.run(delete_one())
 
-    def check(self, *args: str, endpoint: str | None = None) -> Result:
-        """`dew-csi check ARGS` in-process; stdout and stderr must hold nothing sensitive."""
+    def check(
+        self,
+        *args: str,
+        endpoint: str | None = None,
+        location: bool = True,
+        metadata_url: str = "none",
+    ) -> Result:
+        """`dew-csi check ARGS` in-process; stdout and stderr must hold nothing sensitive.
+        Without `location`, no CSMS endpoint is given."""
         self.capsys.readouterr()
+        where = ["--endpoint", endpoint or self.csms.url] if location else []
         argv = [
             "check",
             *args,
             "--kubeconfig",
             str(self.kubeconfig),
-            "--endpoint",
-            endpoint or self.csms.url,
+            *where,
             "--metadata-url",
-            "none",
+            metadata_url,
         ]
         code = cli.main(argv)
         captured = self.capsys.readouterr()
@@ -288,7 +297,7 @@ def test_guide_method_one_volume_pod_passes(env: Env) -> None:
         'SecretProviderClass "spc-test" is valid: 1 object ("secret_1"), 1 file ("secret_test")',
         'ServiceAccount "default/nginx-spc-sa" allows secret "secret_1" (cce.io/dew-resource)',
         "credentials: the volume has no nodePublishSecretRef, so dew-provider uses its own; this "
-        f"check uses those from environment (AK {AK}, project {PROJECT})",
+        f"check uses those from {ENV_SOURCE} (AK {AK}, project {PROJECT})",
         'secret "secret_1" version v1 exists in CSMS (file "secret_test")',
     ]
     assert result.summary == (
@@ -329,7 +338,7 @@ def test_guide_spcs_pass_check_spc_with_and_without_the_service_account(env: Env
         'ServiceAccount "default/nginx-spc-sa" allows secret "secret_1" (cce.io/dew-resource)'
         in with_account.passed()
     )
-    assert f"credentials from environment (AK {AK}, project {PROJECT})" in with_account.passed()
+    assert f"credentials from {ENV_SOURCE} (AK {AK}, project {PROJECT})" in with_account.passed()
     assert with_account.summary == (
         "✔ all 6 checks passed: SecretProviderClass default/spc-test is ready to mount"
     )
@@ -722,7 +731,7 @@ def test_wrong_secret_key_is_an_authentication_failure(
     [line] = result.failed()
     assert line.startswith(
         "CSMS refused the credentials: CSMS show_secret_version of secret 'secret_1' version "
-        f"'latest': CSMS refused the credentials from environment (AK {AK}, project {PROJECT}; "
+        f"'latest': CSMS refused the credentials from {ENV_SOURCE} (AK {AK}, project {PROJECT}; "
         "HTTP 401 APIG.0301"
     )
     assert "Check the AK/SK pair" in line
@@ -831,9 +840,9 @@ def test_no_credentials_anywhere(env: Env, monkeypatch: pytest.MonkeyPatch) -> N
     result = env.check("spc", "spc-test")
     assert result.code == 1
     assert result.failed() == [
-        "CSMS credentials: no CSMS credentials found: environment: neither HUAWEICLOUD_SDK_AK nor "
-        "HUAWEICLOUD_SDK_SK is set; set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (or "
-        "--env-file), or pass --credentials-dir or --metadata-url"
+        "CSMS credentials: no CSMS credentials found: the environment: neither "
+        "HUAWEICLOUD_SDK_AK nor HUAWEICLOUD_SDK_SK is set; set HUAWEICLOUD_SDK_AK and "
+        "HUAWEICLOUD_SDK_SK (or --env-file), or pass --credentials-dir or --metadata-url"
     ]
     assert result.not_checked()[-1] == "not checked: CSMS checks: no usable credentials"
 
@@ -843,9 +852,227 @@ def test_no_project_id(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     result = env.check("spc", "spc-test")
     assert result.code == 1
     assert result.failed() == [
-        f"the credentials from environment (AK {AK}) carry no project id: pass --project-id, set "
+        f"the credentials from {ENV_SOURCE} (AK {AK}) carry no project id: pass --project-id, set "
         "HUAWEICLOUD_SDK_PROJECT_ID, or add project_id next to the AK/SK"
     ]
+
+
+# --------------------------------------------------------------------------- no CSMS location
+
+SKIPPED_SECRET_1 = (
+    'not checked: credentials and CSMS checks of secret "secret_1" (secret and version exist): '
+    "no CSMS location was given; pass --region REGION or --endpoint URL (or --env-file FILE "
+    "with CSMS_ENDPOINT) to check them"
+)
+
+
+def test_without_a_csms_location_the_kubernetes_checks_run(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No location and no credentials either: neither is needed for the Kubernetes checks.
+    for name in ("HUAWEICLOUD_SDK_AK", "HUAWEICLOUD_SDK_SK", "HUAWEICLOUD_SDK_PROJECT_ID"):
+        monkeypatch.delenv(name)
+    env.create(kube.POD, pod_from_deployment("deployment.yaml", "k8s-only"))
+
+    result = env.check("pod", "k8s-only", location=False)
+
+    assert result.code == 0, result.out + result.err
+    assert result.err == ""
+    assert result.passed() == [
+        'pod default/k8s-only exists; it runs as ServiceAccount "nginx-spc-sa"',
+        '1 CSI volume of driver secrets-store.csi.k8s.io: "secrets-store-inline"',
+        "the volume is readOnly: true",
+        "SecretProviderClass default/spc-test exists",
+        'its provider is "cce"',
+        'SecretProviderClass "spc-test" is valid: 1 object ("secret_1"), 1 file ("secret_test")',
+        'ServiceAccount "default/nginx-spc-sa" allows secret "secret_1" (cce.io/dew-resource)',
+    ]
+    assert result.not_checked() == [SKIPPED_SECRET_1]
+    assert result.summary == (
+        "✔ all 7 checks passed, 1 not checked: Kubernetes is ready to mount the secrets of pod "
+        "default/k8s-only; CSMS was not checked"
+    )
+    assert env.csms.emulator.calls("show_secret_version", "secret_1") == 0
+
+
+def test_without_a_csms_location_a_kubernetes_failure_still_fails(env: Env) -> None:
+    env.create(kube.SERVICE_ACCOUNT, service_account("nobody-sa", "[]"))
+    env.create(kube.POD, pod_object("not-allowed", "spc-test", account="nobody-sa"))
+
+    result = env.check("pod", "not-allowed", location=False)
+
+    assert result.code == 1
+    assert result.failed() == [
+        'secret "secret_1" is not allowed for ServiceAccount "default/nobody-sa": add it to the '
+        "annotation cce.io/dew-resource (it lists [])"
+    ]
+    assert result.not_checked() == [SKIPPED_SECRET_1]
+    assert result.summary == (
+        "✘ 1 of 7 checks failed, 1 not checked: the secrets of pod default/not-allowed would "
+        "not mount"
+    )
+
+
+def test_without_a_csms_location_check_spc_names_the_jmes_path_checks(env: Env) -> None:
+    result = env.check(
+        "spc",
+        "nginx-deployment-spc-k8s-secrets",
+        "--service-account",
+        "nginx-spc-sa",
+        location=False,
+    )
+
+    assert result.code == 0, result.out
+    assert 'secretObjects "my-secret-01" (Opaque) takes its keys from files' in " ".join(
+        result.passed()
+    )
+    assert result.not_checked() == [
+        'not checked: credentials and CSMS checks of secret "secret_1" (secret and version '
+        "exist, jmesPath matches): no CSMS location was given; pass --region REGION or "
+        "--endpoint URL (or --env-file FILE with CSMS_ENDPOINT) to check them"
+    ]
+    assert result.summary == (
+        "✔ all 5 checks passed, 1 not checked: SecretProviderClass "
+        "default/nginx-deployment-spc-k8s-secrets is ready as far as Kubernetes goes; CSMS was "
+        "not checked"
+    )
+
+
+def test_without_a_csms_location_the_node_publish_secret_is_still_read(env: Env) -> None:
+    env.create(kube.SECRET, opaque_secret("csms-creds", {"ak": TEMP_AK, "sk": TEMP_SK}))
+    env.create(kube.POD, pod_object("own-creds", "spc-test", node_publish_secret="csms-creds"))
+    env.create(kube.POD, pod_object("lost-creds", "spc-test", node_publish_secret="absent"))
+
+    present = env.check("pod", "own-creds", location=False)
+    assert present.code == 0, present.out
+    assert (
+        f'credentials: nodePublishSecretRef Secret "default/csms-creds" holds ak and sk '
+        f"(AK {TEMP_AK})"
+    ) in present.passed()
+    assert present.not_checked() == [
+        'not checked: CSMS checks of secret "secret_1" (secret and version exist): no CSMS '
+        "location was given; pass --region REGION or --endpoint URL (or --env-file FILE with "
+        "CSMS_ENDPOINT) to check them"
+    ]
+
+    absent = env.check("pod", "lost-creds", location=False)
+    assert absent.code == 1
+    assert absent.failed()[0].startswith(
+        'nodePublishSecretRef Secret "default/absent" does not exist'
+    )
+    assert absent.not_checked() == [
+        "not checked: CSMS checks of this volume: no usable credentials"
+    ]
+
+
+def test_without_a_csms_location_through_the_executable(env: Env) -> None:
+    env.create(kube.POD, pod_from_deployment("deployment.yaml", "k8s-only-cli"))
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("HUAWEICLOUD_SDK_") and k not in ("CSMS_ENDPOINT", "KUBECONFIG")
+    }
+    done = subprocess.run(
+        [*dew_csi_command(), "check", "pod", "k8s-only-cli", "--kubeconfig", str(env.kubeconfig)],
+        capture_output=True,
+        text=True,
+        env={**clean, "PYTHONIOENCODING": "utf-8"},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr == ""
+    assert "  - not checked: credentials and CSMS checks of secret" in done.stdout
+    assert done.stdout.splitlines()[-1].endswith("; CSMS was not checked")
+
+
+# --------------------------------------------------------------------------- credential source
+
+
+def test_credentials_from_the_env_file_are_named_so(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # The environment holds a wrong key: passing proves the file's pair was used.
+    monkeypatch.setenv("HUAWEICLOUD_SDK_SK", WRONG_SK)
+    env_file = tmp_path / "csms.env"
+    env_file.write_text(f"HUAWEICLOUD_SDK_AK={AK}\nHUAWEICLOUD_SDK_SK={SK}\n")
+
+    result = env.check("spc", "spc-test", "--env-file", str(env_file))
+
+    assert result.code == 0, result.out
+    assert f"credentials from --env-file {env_file} (AK {AK}, project {PROJECT})" in (
+        result.passed()
+    )
+
+
+def test_credentials_mixed_from_env_file_and_environment_name_each(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HUAWEICLOUD_SDK_SK")
+    env_file = tmp_path / "sk.env"
+    env_file.write_text(f"HUAWEICLOUD_SDK_SK={SK}\n")
+
+    result = env.check("spc", "spc-test", "--env-file", str(env_file))
+
+    assert result.code == 0, result.out
+    assert (
+        f"credentials from HUAWEICLOUD_SDK_AK from the environment, HUAWEICLOUD_SDK_SK from "
+        f"--env-file {env_file} (AK {AK}, project {PROJECT})"
+    ) in result.passed()
+
+
+def test_half_a_pair_names_where_each_half_was_looked_for(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HUAWEICLOUD_SDK_SK")
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("# nothing\n")
+
+    result = env.check("spc", "spc-test", "--env-file", str(env_file))
+
+    assert result.code == 1
+    assert result.failed() == [
+        "CSMS credentials: HUAWEICLOUD_SDK_AK is set (in the environment) but "
+        f"HUAWEICLOUD_SDK_SK is missing or empty in the environment and --env-file {env_file}: "
+        "set both; set HUAWEICLOUD_SDK_AK and HUAWEICLOUD_SDK_SK (or --env-file), or pass "
+        "--credentials-dir or --metadata-url"
+    ]
+
+
+def test_credentials_from_the_credentials_dir_are_named_so(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("HUAWEICLOUD_SDK_AK")
+    monkeypatch.delenv("HUAWEICLOUD_SDK_SK")
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    (directory / "ak").write_text(AK)
+    (directory / "sk").write_text(SK)
+
+    result = env.check("spc", "spc-test", "--credentials-dir", str(directory))
+
+    assert result.code == 0, result.out
+    assert f"credentials from --credentials-dir {directory} (AK {AK}, project {PROJECT})" in (
+        result.passed()
+    )
+
+
+def test_credentials_from_the_metadata_service_are_named_so(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUAWEICLOUD_SDK_AK")
+    monkeypatch.delenv("HUAWEICLOUD_SDK_SK")
+    with MetadataEmulatorThread(
+        project_id=PROJECT, on_issue=env.csms.emulator.add_temporary_credentials
+    ) as metadata:
+        result = env.check("spc", "spc-test", metadata_url=metadata.emulator.url)
+        issued = metadata.emulator.issued[-1]
+
+    assert result.code == 0, result.out
+    assert (
+        f"credentials from the node's agency via the ECS metadata service at "
+        f"{metadata.emulator.url} (AK {issued.ak}, temporary, project {PROJECT})"
+    ) in result.passed()
 
 
 # --------------------------------------------------------------------------- usage, output
@@ -853,20 +1080,20 @@ def test_no_project_id(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_usage_errors_exit_2(env: Env, tmp_path: Path) -> None:
     env.capsys.readouterr()
-    assert cli.main(["check", "pod", "x", "--kubeconfig", str(env.kubeconfig)]) == 2
-    assert "where is CSMS? pass --endpoint URL or --region REGION" in env.capsys.readouterr().err
-
     missing = tmp_path / "no-such-kubeconfig"
     code = cli.main(["check", "pod", "x", "--kubeconfig", str(missing), "--endpoint", "http://h"])
     assert code == 2
-    assert "cannot load the Kubernetes configuration" in env.capsys.readouterr().err
+    assert env.capsys.readouterr().err == (
+        f"dew-csi check: the kubeconfig {missing} (--kubeconfig) does not exist; pass "
+        "--kubeconfig FILE or set KUBECONFIG to a valid kubeconfig\n"
+    )
 
     broken = tmp_path / "broken-kubeconfig"
     broken.write_text('apiVersion: v1\nusers:\n- name: x\n  user: {token: "TOKEN-IN-KUBECONFIG\n')
     code = cli.main(["check", "pod", "x", "--kubeconfig", str(broken), "--endpoint", "http://h"])
     assert code == 2
     err = env.capsys.readouterr().err
-    assert "cannot load the Kubernetes configuration: it is not valid YAML" in err
+    assert f"dew-csi check: the kubeconfig {broken} (--kubeconfig) is not valid YAML" in err
     assert "TOKEN-IN-KUBECONFIG" not in err
 
     with pytest.raises(SystemExit) as both:
@@ -985,7 +1212,7 @@ def test_no_check_path_prints_a_value_key_or_token(
 
     everything = "\n".join([*(r.out + r.err for r in outputs), caplog.text])
     assert_nothing_sensitive(everything)
-    assert "using CSMS credentials from environment" in caplog.text  # the logs were looked at
+    assert f"using CSMS credentials from {ENV_SOURCE}" in caplog.text  # the logs were looked at
     # Every kind of outcome was really exercised.
     for expected in (
         "matches a value",

@@ -659,15 +659,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_command_refuses_to_start_without_usable_tls_files(tls: Tls, tmp_path: Path) -> None:
     missing = tmp_path / "none.pem"
     result = _run("--tls-cert", str(missing), "--tls-key", str(tls.key), "--max-spcs", "0")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == f"dew-csi webhook: --tls-cert {missing}: no such file"
     result = _run("--tls-cert", str(tls.cert), "--tls-key", str(missing), "--max-spcs", "0")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == f"dew-csi webhook: --tls-key {missing}: no such file"
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     result = _run("--tls-cert", str(garbage), "--tls-key", str(tls.key), "--max-spcs", "0")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith(
         f"dew-csi webhook: cannot load the TLS certificate {garbage} and key {tls.key}: "
     )
@@ -691,10 +691,10 @@ def test_the_command_checks_its_options(tls: Tls, tmp_path: Path) -> None:
     )
     missing = tmp_path / "kubeconfig"
     result = _run(*files, "--listen", "127.0.0.1:0", "--kubeconfig", str(missing))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
-        "dew-csi webhook: cannot load the Kubernetes configuration: "
-        f"Configuration file {missing} not found"
+        f"dew-csi webhook: the kubeconfig {missing} (--kubeconfig) does not exist; pass "
+        "--kubeconfig FILE or set KUBECONFIG to a valid kubeconfig"
     )
 
 

@@ -8,6 +8,9 @@ Where to connect and with which credentials, highest precedence first:
    `HUAWEICLOUD_SDK_SK`, `HUAWEICLOUD_SDK_SECURITY_TOKEN`, `HUAWEICLOUD_SDK_PROJECT_ID`;
 3. the same variables in the environment.
 
+Messages and `dew-csi check` name where the AK/SK really came from: the `--env-file`, the
+environment variables, or each variable's own place when they are mixed.
+
 `get` prints the secret's value to stdout (that is what it is for); nothing else ever prints a
 value, and no message carries the secret key.
 """
@@ -25,24 +28,34 @@ from pathlib import Path
 from typing import Final
 
 from dew_csi.csms import (
+    Credentials,
     CredentialsError,
+    CredentialsProvider,
     CredentialsUnavailable,
     CsmsClient,
     CsmsClientConfig,
     CsmsError,
-    EnvironmentCredentialsProvider,
     SecretNotFound,
 )
 from dew_csi.csms.client import RetryPolicy
+from dew_csi.csms.credentials import ENV_AK, ENV_SECURITY_TOKEN, ENV_SK
 
 ENV_ENDPOINT: Final = "CSMS_ENDPOINT"
 ENV_REGION: Final = "HUAWEICLOUD_SDK_REGION"
 ENV_PROJECT_ID: Final = "HUAWEICLOUD_SDK_PROJECT_ID"
 PROGRAM: Final = "dew-csi csms"
+WHERE_IS_CSMS: Final = (
+    f"pass --endpoint URL or --region REGION, or --env-file with {ENV_ENDPOINT} (dew-csi sandbox "
+    f"up writes DIR/csms.env)"
+)
 
 
 class UsageError(Exception):
     """Bad options or an unreadable file: exit 2 with the message."""
+
+
+class NoCsmsLocation(UsageError):
+    """Neither an endpoint nor a region was given anywhere."""
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -68,26 +81,107 @@ def parse_env_file(path: Path) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class CsmsEnvironment:
+    """The variables CSMS settings and credentials are read from: the --env-file over the
+    process environment, remembering which ones the file set."""
+
+    values: dict[str, str]
+    env_file: str | None = None
+    from_env_file: frozenset[str] = frozenset()
+
+    def value(self, key: str) -> str | None:
+        return self.values.get(key, "").strip() or None
+
+    def origin(self, key: str) -> str:
+        return f"--env-file {self.env_file}" if key in self.from_env_file else "the environment"
+
+    @property
+    def credentials_source(self) -> str:
+        """Where the AK/SK (and security token) come from, as the user would say it."""
+        used = [key for key in (ENV_AK, ENV_SK, ENV_SECURITY_TOKEN) if self.value(key)]
+        origins = {self.origin(key) for key in used}
+        if not used:
+            return self.searched
+        if origins == {"the environment"}:
+            return f"the environment variables {_and(used)}"
+        if len(origins) == 1:
+            return origins.pop()
+        return ", ".join(f"{key} from {self.origin(key)}" for key in used)
+
+    @property
+    def searched(self) -> str:
+        """Where the AK/SK were looked for."""
+        if self.env_file is None:
+            return "the environment"
+        return f"the environment and --env-file {self.env_file}"
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+class EnvCredentialsProvider(CredentialsProvider):
+    """`HUAWEICLOUD_SDK_AK`/`_SK` (with `_SECURITY_TOKEN`, `_PROJECT_ID`) from a
+    `CsmsEnvironment`; the credentials' `source` says where they really came from."""
+
+    def __init__(self, environment: CsmsEnvironment) -> None:
+        self._environment = environment
+        self.name = environment.credentials_source
+
+    async def get(self) -> Credentials:
+        environment = self._environment
+        ak, sk = environment.value(ENV_AK), environment.value(ENV_SK)
+        if ak is None and sk is None:
+            raise CredentialsUnavailable(
+                f"{environment.searched}: neither {ENV_AK} nor {ENV_SK} is set"
+            )
+        if ak is None or sk is None:
+            present, missing = (ENV_AK, ENV_SK) if sk is None else (ENV_SK, ENV_AK)
+            raise CredentialsError(
+                f"{present} is set (in {environment.origin(present)}) but {missing} is "
+                f"missing or empty in {environment.searched}: set both"
+            )
+        return Credentials(
+            ak=ak,
+            sk=sk,
+            security_token=environment.value(ENV_SECURITY_TOKEN),
+            project_id=environment.value(ENV_PROJECT_ID),
+            source=environment.credentials_source,
+        )
+
+
+@dataclass(frozen=True)
 class Connection:
     config: CsmsClientConfig
-    environ: dict[str, str]
+    environment: CsmsEnvironment
     """Where the credentials are read from (the env file over the process environment)."""
+
+
+def environment_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> CsmsEnvironment:
+    """The process environment with the --env-file (if any) over it."""
+    merged = dict(os.environ if environ is None else environ)
+    env_file = getattr(args, "env_file", None) or None
+    if env_file is None:
+        return CsmsEnvironment(merged)
+    from_file = parse_env_file(Path(env_file))
+    merged.update(from_file)
+    return CsmsEnvironment(merged, env_file, frozenset(from_file))
 
 
 def csms_config_from_args(
     args: argparse.Namespace,
-    environ: Mapping[str, str] | None = None,
+    environment: CsmsEnvironment,
     *,
     retry: RetryPolicy | None = None,
     connect_timeout: float = 5.0,
     read_timeout: float = 15.0,
-) -> tuple[CsmsClientConfig, dict[str, str]]:
+) -> CsmsClientConfig:
     """Where CSMS is and how to reach it, from the options, then the --env-file, then the
-    environment; and the merged environment (for credentials). Used by `csms` and `check`."""
-    merged = dict(os.environ if environ is None else environ)
-    env_file = getattr(args, "env_file", None)
-    if env_file:
-        merged.update(parse_env_file(Path(env_file)))
+    environment. Used by `csms` and `check`. `NoCsmsLocation` when no endpoint or region is
+    given anywhere."""
+    merged = environment.values
     endpoint = getattr(args, "endpoint", None)
     region = getattr(args, "region", None)
     if endpoint and region:
@@ -96,10 +190,7 @@ def csms_config_from_args(
         endpoint = merged.get(ENV_ENDPOINT) or None
         region = None if endpoint else merged.get(ENV_REGION) or None
     if not endpoint and not region:
-        raise UsageError(
-            f"where is CSMS? pass --endpoint URL or --region REGION, or --env-file with "
-            f"{ENV_ENDPOINT} (dew-csi sandbox up writes DIR/csms.env)"
-        )
+        raise NoCsmsLocation(f"where is CSMS? {WHERE_IS_CSMS}")
     config = CsmsClientConfig(
         region=region,
         endpoint=endpoint,
@@ -114,23 +205,24 @@ def csms_config_from_args(
         config.resolved_endpoint()
     except ValueError as error:
         raise UsageError(str(error)) from None
-    return config, merged
+    return config
 
 
 def connection_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> Connection:
-    config, merged = csms_config_from_args(args, environ)
+    environment = environment_from_args(args, environ)
+    config = csms_config_from_args(args, environment)
     if not config.project_id:
         raise UsageError(
             f"no project id: pass --project-id, set {ENV_PROJECT_ID}, or use --env-file"
         )
-    return Connection(config, merged)
+    return Connection(config, environment)
 
 
 def _client(connection: Connection) -> CsmsClient:
     try:
-        return CsmsClient(EnvironmentCredentialsProvider(connection.environ), connection.config)
+        return CsmsClient(EnvCredentialsProvider(connection.environment), connection.config)
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -216,7 +308,11 @@ def _run(action: str, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    except (CsmsError, CredentialsError) as error:
+    except CredentialsError as error:
+        # Configured, but half: one of the pair is missing. The user's to fix, like any option.
+        print(f"{PROGRAM}: CSMS credentials: {error}", file=sys.stderr)
+        return 2
+    except CsmsError as error:
         print(f"{PROGRAM} {action}: {error}", file=sys.stderr)
         return 1
     return 0

@@ -55,6 +55,11 @@ class DriverConfig:
     """The largest provider response accepted, in bytes (upstream's --max-call-recv-msg-size)."""
 
 
+class StartupError(Exception):
+    """The driver cannot start as configured (its socket, its metrics address): the message
+    names the setting; exit 2."""
+
+
 def make_mounter(name: str) -> Mounter:
     if name == "tmpfs":
         return TmpfsMounter()
@@ -159,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
     kubelet_root = _kubelet_root(args.kubelet_root)
     endpoint = args.endpoint or f"unix://{kubelet_root / PLUGIN_SOCKET}"
     socket_path(endpoint)  # refuse a malformed endpoint at start-up
+    metrics_addr = _metrics_addr(args.metrics_addr)
     if args.max_call_recv_msg_size <= 0:
         raise ValueError(
             f"--max-call-recv-msg-size must be a positive number of bytes, "
@@ -173,10 +179,19 @@ def config_from_args(args: argparse.Namespace) -> DriverConfig:
         ),
         mounter=args.mounter,
         kubeconfig=args.kubeconfig,
-        metrics_addr=args.metrics_addr or None,
+        metrics_addr=metrics_addr,
         kubelet_root=kubelet_root,
         max_call_recv_msg_size=args.max_call_recv_msg_size,
     )
+
+
+def _metrics_addr(text: str | None) -> str | None:
+    if not text:
+        return None
+    _, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--metrics-addr must be HOST:PORT or :PORT, not {text!r}")
+    return text
 
 
 def _kubelet_root(text: str) -> Path:
@@ -200,14 +215,32 @@ def check_kubelet_root(config: DriverConfig) -> None:
 
 async def run(config: DriverConfig) -> None:
     driver = Driver(config)
-    await driver.start()
-    if config.metrics_addr:
-        serve_metrics(config.metrics_addr, driver.metrics.registry)
-    print(f"dew-csi driver listening on {driver.socket}", flush=True)
     try:
+        try:
+            await driver.start()
+        except (OSError, ValueError) as error:
+            raise StartupError(
+                f"cannot serve CSI on {driver.socket}: {_reason(error)}; check --endpoint (the "
+                f"kubelet's plugin directory must be mounted into the container)"
+            ) from None
+        if config.metrics_addr:
+            try:
+                serve_metrics(config.metrics_addr, driver.metrics.registry)
+            except OSError as error:
+                raise StartupError(
+                    f"cannot serve metrics on --metrics-addr {config.metrics_addr}: "
+                    f"{_reason(error)}"
+                ) from None
+        print(f"dew-csi driver listening on {driver.socket}", flush=True)
         await until_terminated()
     finally:
         await driver.stop()
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return str(error)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -219,6 +252,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"dew-csi driver: {error}", file=sys.stderr, flush=True)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(config))
+    except StartupError as error:
+        print(f"dew-csi driver: {error}", file=sys.stderr, flush=True)
+        return 2
     return 0

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import ssl
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -59,6 +60,11 @@ class ProviderConfig:
     @property
     def socket_path(self) -> Path:
         return self.socket_dir / f"{PROVIDER_NAME}.sock"
+
+
+class StartupError(Exception):
+    """The provider cannot start as configured (its socket, its metrics address): the message
+    names the setting; exit 2."""
 
 
 class CsmsAccessPool:
@@ -169,12 +175,25 @@ def config_from_args(args: argparse.Namespace) -> ProviderConfig:
         ca_bundle=args.ca_file,
     )
     csms.resolved_endpoint()  # refuse a bad endpoint at start-up, not at the first mount
+    if args.ca_file:
+        try:
+            ssl.create_default_context(cafile=args.ca_file)
+        except (OSError, ssl.SSLError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise ValueError(
+                f"--ca-file {args.ca_file}: cannot load the CA bundle: {reason}"
+            ) from None
+    metrics_addr = args.metrics_addr or None
+    if metrics_addr is not None:
+        _, sep, port = metrics_addr.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"--metrics-addr must be HOST:PORT or :PORT, not {metrics_addr!r}")
     return ProviderConfig(
         socket_dir=Path(args.socket_dir),
         csms=csms,
         kubeconfig=args.kubeconfig,
         latest_ttl=parse_duration(args.latest_ttl),
-        metrics_addr=args.metrics_addr or None,
+        metrics_addr=metrics_addr,
         credentials_dir=args.credentials_dir,
         metadata_url=None if args.metadata_url in ("", "none") else args.metadata_url,
     )
@@ -182,15 +201,32 @@ def config_from_args(args: argparse.Namespace) -> ProviderConfig:
 
 async def run(config: ProviderConfig) -> None:
     provider = Provider(config)
-    await provider.start()
-    if config.metrics_addr:
-        serve_metrics(config.metrics_addr, provider.metrics.registry)
-    print(f"dew-provider listening on {config.socket_path}", flush=True)
     try:
+        try:
+            await provider.start()
+        except (OSError, ValueError) as error:
+            raise StartupError(
+                f"cannot serve on {config.socket_path}: {_reason(error)}; check --socket-dir"
+            ) from None
+        if config.metrics_addr:
+            try:
+                serve_metrics(config.metrics_addr, provider.metrics.registry)
+            except OSError as error:
+                raise StartupError(
+                    f"cannot serve metrics on --metrics-addr {config.metrics_addr}: "
+                    f"{_reason(error)}"
+                ) from None
+        print(f"dew-provider listening on {config.socket_path}", flush=True)
         await until_terminated()
     finally:
         log.info("Shutting down")
         await provider.stop()
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return str(error)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -200,6 +236,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"dew-csi provider: {error}", file=sys.stderr, flush=True)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(config))
+    except StartupError as error:
+        print(f"dew-csi provider: {error}", file=sys.stderr, flush=True)
+        return 2
     return 0
