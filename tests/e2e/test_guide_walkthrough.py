@@ -717,6 +717,9 @@ def test_no_secret_value_in_any_log_or_event(
         "csms.log",
         "driver.log",
         "kubelet.log",
+        # What the sandbox writes for the csi-secrets-store pod's sidecars (containers.py).
+        "liveness-probe.log",
+        "node-driver-registrar.log",
         "provider.log",
         "webhook.log",
     ]
