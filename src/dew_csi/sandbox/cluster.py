@@ -822,7 +822,12 @@ class Sandbox:
                 )
                 daemon_set = containers.daemon_set_manifest(pod)
                 daemon_set["metadata"]["annotations"] = {ADDON_ANNOTATION: pod.component}
-                owner = await client.create(DAEMON_SET, daemon_set)
+                try:
+                    owner = await client.create(DAEMON_SET, daemon_set)
+                except kube.AlreadyExists:
+                    # Not ours (deploy/ applied to the sandbox?): no controller runs its pods
+                    # here, so the sandbox's pod is its; `down` leaves the DaemonSet itself.
+                    owner = await client.get(DAEMON_SET, pod.daemon_set, namespace)
                 manifest = containers.pod_manifest(
                     pod, names[pod.daemon_set], self.info.node, owner
                 )
@@ -845,7 +850,7 @@ class Sandbox:
                 )
 
     async def _remove_addon_pods(self) -> None:
-        """Delete the DaemonSets `up` made for its processes, and their pods at once (grace
+        """Delete the pods and DaemonSets `up` made for its processes, the pods at once (grace
         period 0: the processes they stood for are stopped by `down`, not by a kubelet)."""
         namespace = containers.SYSTEM_NAMESPACE
         async with kube.Kube.from_kubeconfig(self.kubeconfig, timeout=5.0) as client:
@@ -855,7 +860,10 @@ class Sandbox:
             pods, _ = await client.list_objects(kube.POD, namespace)
             for pod in pods:
                 references = pod["metadata"].get("ownerReferences") or []
-                if any(r.get("uid") in owners for r in references):
+                annotations = pod["metadata"].get("annotations") or {}
+                if ADDON_ANNOTATION in annotations or any(
+                    r.get("uid") in owners for r in references
+                ):
                     await client.delete(
                         kube.POD, pod["metadata"]["name"], namespace, grace_period=0
                     )
