@@ -107,6 +107,8 @@ def test_registry_round_trip_and_reload(tmp_path: Path) -> None:
     path.write_text("{not json")
     time.sleep(0.01)
     assert watched.current() == containers.Registry()
+    path.write_text(registry.to_json().replace("2026-01-02T03:04:05Z", "yesterday"))
+    assert watched.current() == containers.Registry()
     assert containers.load_registry(None) == containers.Registry()
 
 

@@ -168,6 +168,7 @@ class Registry:
             raise ValueError(f"not a {REGISTRY_FORMAT} document")
         pods = []
         for entry in document.get("pods") or []:
+            datetime.fromisoformat(str(entry["started_at"]))  # a ValueError if it is not a time
             containers = {
                 str(name): ContainerLog(str(c["path"]), int(c["offset"]), bool(c["process"]))
                 for name, c in (entry.get("containers") or {}).items()
