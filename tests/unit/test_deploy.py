@@ -12,6 +12,7 @@ import ast
 import copy
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -922,3 +923,270 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     assert copied == allowed
     readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
     assert readme in allowed  # hatchling reads it to build the wheel
+
+
+# --------------------------------------------------------------------------- the docs and the
+# optional components (README.md, deploy/README.md, deploy/components/)
+
+README = REPO / "README.md"
+DEPLOY_README = DEPLOY / "README.md"
+CERT_MANAGER_COMPONENT = "components/cert-manager"
+PULL_SECRET_COMPONENT = "components/cce-swr-pull-secret"
+
+
+def overlay(tmp_path: Path, text: str) -> Path:
+    """A kustomization outside deploy/ (kustomize refuses one inside its base); `DEPLOY` in
+    `text` stands for deploy/'s relative path from there."""
+    directory = tmp_path / "overlay"
+    directory.mkdir()
+    relative = Path(os.path.relpath(DEPLOY, directory)).as_posix()
+    (directory / "kustomization.yaml").write_text(text.replace("DEPLOY", relative))
+    return directory
+
+
+def deploy_copy_with(tmp_path: Path, extra: str) -> Path:
+    """A copy of deploy/ with `extra` appended to its kustomization.yaml, as a user edits it."""
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text() + "\n" + extra)
+    return copy
+
+
+def fenced_blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", path.read_text(), re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_example_message_names_the_deployed_webhook() -> None:
+    from dew_csi.sandbox import cluster
+
+    manifest = yaml.safe_load(
+        (DEPLOY / "webhook" / "validatingwebhookconfiguration.yaml").read_text()
+    )
+    (hook,) = manifest["webhooks"]
+    text = README.read_text()
+    shown = re.findall(r'admission webhook "([^"]+)" denied the request', text)
+    assert shown == [hook["name"]]
+    # The README also names the sandbox's registration, which differs: it must be the real one.
+    assert f"the sandbox registers it as\n`{cluster.WEBHOOK_NAME}`" in text
+
+
+@needs_kubectl
+def test_the_logs_commands_name_real_containers_and_workloads(
+    objects: list[dict[str, Any]],
+) -> None:
+    commands = [
+        line
+        for path in (README, DEPLOY_README)
+        for line in re.findall(r"kubectl logs [^`\n#]*", path.read_text())
+    ]
+    assert commands, "no kubectl logs command found"
+    containers_of = {
+        name: {
+            c["name"] for c in find(objects, kind, name)["spec"]["template"]["spec"]["containers"]
+        }
+        for kind, name in (
+            ("DaemonSet", "csi-secrets-store"),
+            ("DaemonSet", "dew-provider"),
+            ("Deployment", "dew-csi-webhook"),
+        )
+    }
+    for command in commands:
+        words = command.split()
+        positional = [
+            w
+            for i, w in enumerate(words[2:], start=2)
+            if not w.startswith("-") and words[i - 1] not in ("-n", "-c", "--namespace")
+        ]
+        assert len(positional) == 1, command
+        (pod,) = positional
+        if pod.startswith("<"):  # <csi-secrets-store-pod>
+            workload = pod.strip("<>").removesuffix("-pod")
+        elif "/" in pod:  # deployment/dew-csi-webhook
+            kind, _, workload = pod.partition("/")
+            assert kind == "deployment", command
+        else:  # csi-secrets-store-xxxxx
+            workload = pod.removesuffix("-xxxxx")
+        assert workload in containers_of, command
+        if "-c" in words:
+            assert words[words.index("-c") + 1] in containers_of[workload], command
+        else:
+            assert len(containers_of[workload]) == 1, f"{command}: which container?"
+        if "-n" in words:
+            assert words[words.index("-n") + 1] == NAMESPACE, command
+
+
+@needs_kubectl
+def test_the_documented_images_entry_points_every_component_at_swr(tmp_path: Path) -> None:
+    (entry,) = [b for b in fenced_blocks(DEPLOY_README, "yaml") if b.startswith("images:")]
+    image = "swr.cn-north-4.myhuaweicloud.com/my-org/dew-csi"
+    filled = entry.replace("swr.<region>.myhuaweicloud.com/<org>/dew-csi", image)
+    filled = filled.replace("<tag>", "9.9.9")
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "kustomization.yaml"
+    text = kustomization.read_text()
+    documented = yaml.safe_load(text)["images"]
+    assert [i["name"] for i in documented] == ["dew-csi"]  # the one entry the README replaces
+    start = text.index("images:\n")
+    kustomization.write_text(text[:start] + filled)
+    rendered = render(copy)
+    ours = {c["image"] for _, c in pod_containers(rendered) if "dew-csi" in c["image"]}
+    assert ours == {f"{image}:9.9.9"}
+    for workload in ("csi-secrets-store", "dew-provider"):
+        assert (
+            container(
+                find(rendered, "DaemonSet", workload),
+                workload.replace("csi-secrets-store", "secrets-store"),
+            )["image"]
+            == f"{image}:9.9.9"
+        )
+    assert container(webhook_deployment(rendered), "webhook")["image"] == f"{image}:9.9.9"
+
+
+@needs_kubectl
+def test_the_pull_secret_component_reaches_every_dew_csi_pod(tmp_path: Path) -> None:
+    block = f"components:\n  - {PULL_SECRET_COMPONENT}\n"
+    assert block in fenced_blocks(DEPLOY_README, "yaml"), "deploy/README.md shows how to enable it"
+    rendered = render(deploy_copy_with(tmp_path, block))
+    workloads = [o for o in rendered if o["kind"] in ("DaemonSet", "Deployment")]
+    assert {o["metadata"]["name"] for o in workloads} == {
+        "csi-secrets-store",
+        "dew-provider",
+        "dew-csi-webhook",
+    }
+    for workload in workloads:
+        spec = workload["spec"]["template"]["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "default-secret"}], workload["metadata"]
+    # Nothing else changed.
+    without = render(DEPLOY)
+    for workload in workloads:
+        before = find(without, workload["kind"], workload["metadata"]["name"])
+        after = copy.deepcopy(workload)
+        del after["spec"]["template"]["spec"]["imagePullSecrets"]
+        assert after == before
+
+
+@pytest.fixture(scope="module")
+def cert_manager_objects(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """deploy/ with the cert-manager component, from a small overlay outside it."""
+    directory = overlay(
+        tmp_path_factory.mktemp("cert-manager"),
+        f"resources:\n  - DEPLOY\ncomponents:\n  - DEPLOY/{CERT_MANAGER_COMPONENT}\n",
+    )
+    return render(directory)
+
+
+@needs_kubectl
+def test_the_cert_manager_component_agrees_with_the_webhook(
+    objects: list[dict[str, Any]], cert_manager_objects: list[dict[str, Any]]
+) -> None:
+    rendered = cert_manager_objects
+    configuration = find(rendered, "ValidatingWebhookConfiguration", "dew-csi-webhook")
+    (hook,) = configuration["webhooks"]
+    service_ref = hook["clientConfig"]["service"]
+    service = find(rendered, "Service", service_ref["name"])
+    assert service["metadata"]["namespace"] == service_ref["namespace"]
+    # The serving Certificate: for the Service the API server calls, into the webhook's Secret.
+    certificate = find(rendered, "Certificate", "dew-csi-webhook")
+    namespace = certificate["metadata"]["namespace"]
+    assert namespace == service_ref["namespace"] == NAMESPACE
+    svc = f"{service_ref['name']}.{service_ref['namespace']}.svc"
+    assert certificate["spec"]["dnsNames"] == [svc, f"{svc}.cluster.local"]
+    deployment = webhook_deployment(rendered)
+    c = container(deployment, "webhook")
+    tls = volume(deployment, "tls")["secret"]["secretName"]
+    assert certificate["spec"]["secretName"] == tls
+    mount_path = PurePosixPath(mount(c, "tls")["mountPath"])
+    # cert-manager writes tls.crt and tls.key, the files the webhook is told to read.
+    assert flag(c["args"], "--tls-cert") == str(mount_path / "tls.crt")
+    assert flag(c["args"], "--tls-key") == str(mount_path / "tls.key")
+    assert "server auth" in certificate["spec"]["usages"]
+    # cainjector fills caBundle from that Certificate's Secret; nothing else sets it.
+    annotations = configuration["metadata"]["annotations"]
+    assert annotations["cert-manager.io/inject-ca-from"] == (
+        f"{namespace}/{certificate['metadata']['name']}"
+    )
+    assert "caBundle" not in hook["clientConfig"]
+    # The issuer chain resolves inside the namespace: serving cert <- CA Issuer <- CA cert
+    # <- self-signed Issuer.
+    ca_issuer = find(rendered, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    assert certificate["spec"]["issuerRef"]["kind"] == "Issuer"
+    ca_certificate = [
+        o
+        for o in rendered
+        if o["kind"] == "Certificate"
+        and o["spec"]["secretName"] == ca_issuer["spec"]["ca"]["secretName"]
+    ]
+    (ca,) = ca_certificate
+    assert ca["spec"]["isCA"] is True
+    root = find(rendered, "Issuer", ca["spec"]["issuerRef"]["name"])
+    assert root["spec"] == {"selfSigned": {}}
+    added = [o for o in rendered if o["apiVersion"].startswith("cert-manager.io/")]
+    assert len(added) == 4
+    for obj in added:
+        assert obj["metadata"]["namespace"] == NAMESPACE
+        labels = obj["metadata"]["labels"]
+        # deploy/README.md's uninstall selector (part-of and a component label) finds them.
+        assert labels["app.kubernetes.io/part-of"] == "dew-csi"
+        assert labels["app.kubernetes.io/component"] == "webhook"
+    # Everything else is deploy/ as it is.
+    strip = {"cert-manager.io/inject-ca-from"}
+    for obj in rendered:
+        if obj in added:
+            continue
+        original = find(objects, obj["kind"], obj["metadata"]["name"])
+        if obj["kind"] == "ValidatingWebhookConfiguration":
+            obj = copy.deepcopy(obj)
+            for key in strip:
+                obj["metadata"]["annotations"].pop(key)
+            if not obj["metadata"]["annotations"]:
+                del obj["metadata"]["annotations"]
+        assert obj == original
+
+
+@needs_kubectl
+def test_the_cert_manager_component_enabled_in_deploy_itself(tmp_path: Path) -> None:
+    block = f"components:\n  - {CERT_MANAGER_COMPONENT}\n"
+    assert block in fenced_blocks(DEPLOY_README, "yaml"), "deploy/README.md shows how to enable it"
+    rendered = render(deploy_copy_with(tmp_path, block))
+    configuration = find(rendered, "ValidatingWebhookConfiguration", "dew-csi-webhook")
+    assert configuration["metadata"]["annotations"] == {
+        "cert-manager.io/inject-ca-from": f"{NAMESPACE}/dew-csi-webhook"
+    }
+    assert find(rendered, "Certificate", "dew-csi-webhook")["spec"]["secretName"] == (
+        "dew-csi-webhook-tls"
+    )
+
+
+@needs_kubectl
+def test_the_documented_own_issuer_patch_replaces_only_the_issuer(tmp_path: Path) -> None:
+    (patch,) = [b for b in fenced_blocks(DEPLOY_README, "yaml") if "kind: Certificate" in b]
+    rendered = render(
+        deploy_copy_with(tmp_path, f"components:\n  - {CERT_MANAGER_COMPONENT}\n{patch}")
+    )
+    certificate = find(rendered, "Certificate", "dew-csi-webhook")
+    assert certificate["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "my-issuer"}
+    assert certificate["spec"]["secretName"] == "dew-csi-webhook-tls"
+
+
+@needs_kubectl
+def test_the_kubelet_root_component_in_an_overlay_would_split_the_paths(tmp_path: Path) -> None:
+    """Why deploy/README.md says to switch the kubelet root in deploy/ itself: in an overlay the
+    component changes the ConfigMap (and so --kubelet-root) but not the hostPaths."""
+    directory = overlay(
+        tmp_path, f"resources:\n  - DEPLOY\ncomponents:\n  - DEPLOY/{VAR_LIB_KUBELET_COMPONENT}\n"
+    )
+    paths = kubelet_paths(render(directory))
+    assert paths["--kubelet-root"] == "/var/lib/kubelet"
+    assert paths["mountpoint-dir hostPath"] == f"{CCE_KUBELET_ROOT}/pods"
+    text = DEPLOY_README.read_text()
+    assert "the component there would change the driver's `--kubelet-root`\nbut not the " in text
+
+
+def test_the_readme_lists_the_sandbox_components_logs() -> None:
+    from dew_csi.sandbox import cluster
+
+    found = re.search(r"`DIR/logs/<component>\.log` \(([^)]*)\)", README.read_text())
+    assert found is not None
+    assert tuple(re.findall(r"`([a-z]+)`", found.group(1))) == cluster.COMPONENTS
