@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pty
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -399,6 +400,60 @@ def test_a_driver_socket_that_cannot_be_served(setting: Setting, tmp_path: Path)
         "refusing to replace it; check --endpoint (the kubelet's plugin directory must be "
         "mounted into the container)"
     )
+
+
+@pytest.fixture
+def occupied_port() -> Iterator[int]:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_provider_start_up_failures_are_one_line(
+    setting: Setting, tmp_path: Path, occupied_port: int
+) -> None:
+    """A socket directory that cannot be made, a metrics port in use: the error is the last line
+    (start-up logs come before it) and names the option; no traceback."""
+    from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
+
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with ApiServerThread() as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        write_kubeconfig(kubeconfig, api.url)
+        common = ["provider", "--region=cn-north-4", f"--kubeconfig={kubeconfig}"]
+        bad_socket = setting.run(*common, f"--socket-dir={not_a_directory}/sub")
+        bad_metrics = setting.run(
+            *common,
+            f"--socket-dir={tmp_path}/sockets",
+            f"--metrics-addr=127.0.0.1:{occupied_port}",
+        )
+    for result in (bad_socket, bad_metrics):
+        assert result.code == 2, result.err
+        assert "Traceback" not in result.err
+    assert bad_socket.err.splitlines()[-1] == (
+        f"dew-csi provider: cannot serve on {not_a_directory}/sub/cce.sock: Not a directory "
+        f"({not_a_directory}/sub); check --socket-dir"
+    )
+    assert bad_metrics.err.splitlines()[-1] == (
+        f"dew-csi provider: cannot serve metrics on --metrics-addr 127.0.0.1:{occupied_port}: "
+        "Address already in use"
+    )
+
+
+def test_webhook_on_a_port_in_use(setting: Setting, occupied_port: int) -> None:
+    tls = setting.tls
+    result = setting.run(
+        "webhook",
+        f"--listen=127.0.0.1:{occupied_port}",
+        f"--tls-cert={tls.cert}",
+        f"--tls-key={tls.key}",
+        "--max-spcs=0",
+    )
+    message = assert_one_line(result, "webhook")
+    assert message.startswith(f"cannot listen on --listen 127.0.0.1:{occupied_port}: ")
+    assert "address already in use" in message.lower()
 
 
 # --------------------------------------------------------------------------- unknown flags
