@@ -48,7 +48,7 @@ from dew_csi.driver.rotation import parse_rotation_interval
 from dew_csi.durations import parse_duration
 from dew_csi.resources import ResourceMissing, examples_dir
 from dew_csi.sandbox.apitables import format_age
-from dew_csi.sandbox.cluster import Sandbox, SandboxError
+from dew_csi.sandbox.cluster import Sandbox, SandboxError, check_directory
 
 T = TypeVar("T")
 
@@ -1165,7 +1165,7 @@ def default_examples() -> Path:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    directory = Path(args.dir).absolute() if args.dir else None
+    directory = check_directory(args.dir) if args.dir else None
     if directory is not None and directory.exists() and any(directory.iterdir()):
         raise ValueError(f"--dir {directory} is not empty: the demo needs a fresh sandbox")
     try:

@@ -536,15 +536,9 @@ def test_csms_get_ends_with_a_newline_on_a_terminal_only(setting: Setting, csms_
     assert received == b"value-without-newline\r\n"
 
 
-# --------------------------------------------------------------------------- not ours yet
+# --------------------------------------------------------------------------- sandbox and demo
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandbox/demo own these messages (src/dew_csi/sandbox/, demo.py): a --dir that is a "
-    "file gives a traceback, sandbox up exits 1 for a bad interval, and the sandbox's own "
-    "servers name themselves `dew-csi apiserver`/`kubelet`/`controllers`",
-)
 @pytest.mark.parametrize(
     ("command", "args"),
     [

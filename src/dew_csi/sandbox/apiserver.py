@@ -1493,7 +1493,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         host, port = _parse_listen(args.listen)
     except ValueError as error:
-        print(f"dew-csi apiserver: {error}", file=sys.stderr)
+        print(f"dew-csi sandbox apiserver: {error}", file=sys.stderr)
         return 2
 
     async def serve() -> int:
@@ -1506,7 +1506,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             )
             await server.start(host, port)
         except (OSError, ValueError) as error:
-            print(f"dew-csi apiserver: cannot start: {error}", file=sys.stderr)
+            print(f"dew-csi sandbox apiserver: cannot start: {error}", file=sys.stderr)
             return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1122,9 +1122,24 @@ def _report(lines: Iterable[str], stream: IO[str] = sys.stdout) -> None:
         print(line, file=stream)
 
 
+def check_directory(path: str | os.PathLike[str], option: str = "--dir") -> Path:
+    """A sandbox directory as given: ValueError when something that is not a directory is
+    there (a configuration mistake, told in one line rather than a traceback)."""
+    directory = Path(path).expanduser().absolute()
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{option} {directory} is not a directory: name a directory (or none)")
+    return directory
+
+
 def up_from_args(args: argparse.Namespace) -> int:
     """`dew-csi sandbox up`."""
-    sandbox = Sandbox(args.dir or default_directory())
+    try:
+        directory = check_directory(args.dir or default_directory())
+        parse_rotation_interval(args.rotation_poll_interval, sandbox=True)
+    except ValueError as error:
+        print(f"dew-csi sandbox up: {error}", file=sys.stderr)
+        return 2
+    sandbox = Sandbox(directory)
     started = time.monotonic()
     try:
         sandbox.up(

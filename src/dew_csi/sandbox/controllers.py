@@ -722,11 +722,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         resync = parse_duration(args.resync)
     except ValueError as error:
-        print(f"dew-csi controllers: {error}", file=sys.stderr, flush=True)
+        print(f"dew-csi sandbox controllers: {error}", file=sys.stderr, flush=True)
         return 2
     try:
         asyncio.run(_serve(args.kubeconfig, resync))
     except kube.KubeError as error:
-        print(f"dew-csi controllers: cannot start: {error.message}", file=sys.stderr, flush=True)
+        print(
+            f"dew-csi sandbox controllers: cannot start: {error.message}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     return 0

@@ -1353,11 +1353,13 @@ def run_from_args(args: argparse.Namespace) -> int:
             backoff_max=parse_duration(args.backoff_max),
         )
     except ValueError as error:
-        print(f"dew-csi kubelet: {error}", file=sys.stderr, flush=True)
+        print(f"dew-csi sandbox kubelet: {error}", file=sys.stderr, flush=True)
         return 2
     try:
         asyncio.run(_serve(config, args.kubeconfig))
     except kube.KubeError as error:
-        print(f"dew-csi kubelet: cannot start: {error.message}", file=sys.stderr, flush=True)
+        print(
+            f"dew-csi sandbox kubelet: cannot start: {error.message}", file=sys.stderr, flush=True
+        )
         return 1
     return 0
