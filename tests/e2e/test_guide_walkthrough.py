@@ -755,7 +755,8 @@ def test_a_bad_spc_is_refused_at_kubectl_apply(
     path.write_text(BAD_SPC)
     result = walk.kubectl_result("apply", "-f", str(path))
     assert result.returncode != 0, result.stdout
-    assert 'admission webhook "validation.dew-csi.io" denied the request' in result.stderr
+    denied = 'admission webhook "validate.secretproviderclasses.dew-csi.io" denied the request'
+    assert denied in result.stderr
     assert 'objectType "kms" is not supported' in result.stderr
     missing = walk.kubectl_result("get", "spc", "spc-bad")
     assert missing.returncode != 0

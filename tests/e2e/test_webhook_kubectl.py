@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.kubectl, pytest.mark.e2e]
 
 GROUP = "secrets-store.csi.x-k8s.io"
 SPC_RESOURCE = f"secretproviderclass.{GROUP}"
-HOOK = "validation.dew-csi.io"
+HOOK = "validate.secretproviderclasses.dew-csi.io"
 CONFIGURATION = "dew-csi-webhook"
 
 BAD_SPC = """\

@@ -52,7 +52,7 @@ SPC_KIND = {"group": GROUP, "version": "v1", "kind": "SecretProviderClass"}
 SPC_RESOURCE = {"group": GROUP, "version": "v1", "resource": "secretproviderclasses"}
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 VWCS = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
-HOOK = "validation.dew-csi.io"
+HOOK = "validate.secretproviderclasses.dew-csi.io"
 
 
 def spcs_path(namespace: str = "default", version: str = "v1") -> str:

@@ -94,7 +94,7 @@ READY_LINES: Final = {
     "controllers": re.compile(r"dew-csi controllers running"),
     "webhook": re.compile(r"dew-csi webhook listening on (\S+)"),
 }
-WEBHOOK_NAME: Final = "validation.dew-csi.io"
+WEBHOOK_NAME: Final = "validate.secretproviderclasses.dew-csi.io"
 LOG_TAIL_LINES: Final = 30
 # The provider shares a `latest` read this long. Production's 5s is far below any real rotation
 # interval (1m at least); the sandbox's intervals are seconds, so it shares for less.
