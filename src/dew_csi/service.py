@@ -1,5 +1,5 @@
-"""What every long-running dew-csi component does the same way: serve Prometheus metrics and
-run until SIGTERM or SIGINT."""
+"""What every long-running dew-csi component does the same way: serve Prometheus metrics, run
+until SIGTERM or SIGINT, and say in one line what keeps it from starting."""
 
 from __future__ import annotations
 
@@ -7,6 +7,28 @@ import asyncio
 import signal
 
 from prometheus_client import CollectorRegistry, start_http_server
+
+
+class StartupError(Exception):
+    """The component cannot start as configured (its socket, its metrics address): the message
+    names the setting; exit 2."""
+
+
+def os_reason(error: Exception) -> str:
+    """An OSError as a user reads it: "Address already in use (path)", no errno number."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
+    return str(error)
+
+
+def start_metrics(address: str, registry: CollectorRegistry) -> None:
+    """`serve_metrics`, with a failure to listen as a StartupError naming --metrics-addr."""
+    try:
+        serve_metrics(address, registry)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on --metrics-addr {address}: {os_reason(error)}"
+        ) from None
 
 
 def serve_metrics(address: str, registry: CollectorRegistry) -> None:

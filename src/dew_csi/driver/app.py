@@ -30,7 +30,7 @@ from dew_csi.driver.spc_watch import SpcChangeWatcher
 from dew_csi.driver.volumes import VolumeManager
 from dew_csi.grpc_socket import serve_on_socket, socket_path
 from dew_csi.logs import fields, setup_logging
-from dew_csi.service import serve_metrics, until_terminated
+from dew_csi.service import StartupError, os_reason, start_metrics, until_terminated
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,6 @@ class DriverConfig:
     """Target paths must lie at <kubelet_root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount."""
     max_call_recv_msg_size: int = MAX_RECEIVE_BYTES
     """The largest provider response accepted, in bytes (upstream's --max-call-recv-msg-size)."""
-
-
-class StartupError(Exception):
-    """The driver cannot start as configured (its socket, its metrics address): the message
-    names the setting; exit 2."""
 
 
 def make_mounter(name: str) -> Mounter:
@@ -220,27 +215,15 @@ async def run(config: DriverConfig) -> None:
             await driver.start()
         except (OSError, ValueError) as error:
             raise StartupError(
-                f"cannot serve CSI on {driver.socket}: {_reason(error)}; check --endpoint (the "
+                f"cannot serve CSI on {driver.socket}: {os_reason(error)}; check --endpoint (the "
                 f"kubelet's plugin directory must be mounted into the container)"
             ) from None
         if config.metrics_addr:
-            try:
-                serve_metrics(config.metrics_addr, driver.metrics.registry)
-            except OSError as error:
-                raise StartupError(
-                    f"cannot serve metrics on --metrics-addr {config.metrics_addr}: "
-                    f"{_reason(error)}"
-                ) from None
+            start_metrics(config.metrics_addr, driver.metrics.registry)
         print(f"dew-csi driver listening on {driver.socket}", flush=True)
         await until_terminated()
     finally:
         await driver.stop()
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
-    return str(error)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

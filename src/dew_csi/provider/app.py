@@ -35,7 +35,7 @@ from dew_csi.provider.mount import CsmsAccess, Mounter
 from dew_csi.provider.objects import DEFAULT_MAX_BYTES as DEFAULT_OBJECTS_CACHE_BYTES
 from dew_csi.provider.objects import ObjectsParser
 from dew_csi.provider.server import ProviderServicer
-from dew_csi.service import serve_metrics, until_terminated
+from dew_csi.service import StartupError, os_reason, start_metrics, until_terminated
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ class ProviderConfig:
     @property
     def socket_path(self) -> Path:
         return self.socket_dir / f"{PROVIDER_NAME}.sock"
-
-
-class StartupError(Exception):
-    """The provider cannot start as configured (its socket, its metrics address): the message
-    names the setting; exit 2."""
 
 
 class CsmsAccessPool:
@@ -206,27 +201,15 @@ async def run(config: ProviderConfig) -> None:
             await provider.start()
         except (OSError, ValueError) as error:
             raise StartupError(
-                f"cannot serve on {config.socket_path}: {_reason(error)}; check --socket-dir"
+                f"cannot serve on {config.socket_path}: {os_reason(error)}; check --socket-dir"
             ) from None
         if config.metrics_addr:
-            try:
-                serve_metrics(config.metrics_addr, provider.metrics.registry)
-            except OSError as error:
-                raise StartupError(
-                    f"cannot serve metrics on --metrics-addr {config.metrics_addr}: "
-                    f"{_reason(error)}"
-                ) from None
+            start_metrics(config.metrics_addr, provider.metrics.registry)
         print(f"dew-provider listening on {config.socket_path}", flush=True)
         await until_terminated()
     finally:
         log.info("Shutting down")
         await provider.stop()
-
-
-def _reason(error: Exception) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"{error.strerror} ({error.filename})" if error.filename else error.strerror
-    return str(error)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
