@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
+from harness import percentile
 
 SECRETS = "/api/v1/namespaces/default/secrets"
 
@@ -41,11 +42,6 @@ def start_emulator(state: Path | None) -> tuple[subprocess.Popen[str], str]:
         process.kill()
         raise SystemExit(f"emulator did not start: {line!r}")
     return process, match.group(1)
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 async def timed(count: int, call: Callable[[int], Awaitable[object]]) -> list[float]:

@@ -17,52 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 import httpx
+from harness import percentile, rss_mib, spawn, start_emulators
 
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
 from dew_csi.csms import Credentials, CsmsClient, CsmsClientConfig
 
 PROJECT, AK, SK = "bench-project", "BENCHAK", "BENCHSK"
-
-
-def spawn(
-    argv: list[str], pattern: str, env: dict[str, str] | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dew_csi.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    match = re.search(pattern, line)
-    if not match:
-        process.kill()
-        raise SystemExit(f"{argv[0]} did not start: {line!r}")
-    return process, match.group(1)
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def request(objects: str) -> service_pb2.MountRequest:
@@ -149,31 +116,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        api, api_url = spawn(
-            [
-                "sandbox",
-                "apiserver",
-                "--listen",
-                "127.0.0.1:0",
-                "--kubeconfig-out",
-                f"{tmp}/kubeconfig",
-            ],
-            r"(http://\S+)",
-        )
-        csms, csms_url = spawn(
-            [
-                "csms-emulator",
-                "--listen",
-                "127.0.0.1:0",
-                "--project-id",
-                PROJECT,
-                "--ak",
-                AK,
-                "--sk",
-                SK,
-            ],
-            r"(http://\S+)",
-        )
+        api, api_url, csms, csms_url = start_emulators(tmp, PROJECT, AK, SK)
         env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK, "PATH": "/usr/bin:/bin"}
         provider, socket = spawn(
             [

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 import grpc
 import httpx
 import yaml
+from harness import percentile, rss_mib
 
 from dew_csi import kube
 from dew_csi._proto.csi.v1 import csi_pb2, csi_pb2_grpc
@@ -128,18 +129,6 @@ class Processes:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def rss_mib(pid: int | str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_seconds(pid: int | str) -> float:
