@@ -204,25 +204,35 @@ class PodVolume:
     request: csi_pb2.NodePublishVolumeRequest
 
 
-async def create_pod(stack: Stack, name: str = "nginx-spc-1", spc: str = "spc-test") -> PodVolume:
+async def create_pod(
+    stack: Stack,
+    name: str = "nginx-spc-1",
+    spc: str = "spc-test",
+    *,
+    account: str = "nginx-spc-sa",
+    attributes: dict[str, str] | None = None,
+    secret_ref: str | None = None,
+) -> PodVolume:
+    """A pod running as `account` whose CSI volume has `attributes` besides its
+    secretProviderClass; the publish request is what kubelet sends for it (its pod info over
+    the user's attributes)."""
+    user_attributes = {"secretProviderClass": spc, **(attributes or {})}
+    csi: dict[str, Any] = {
+        "driver": "secrets-store.csi.k8s.io",
+        "readOnly": True,
+        "volumeAttributes": user_attributes,
+    }
+    if secret_ref:
+        csi["nodePublishSecretRef"] = {"name": secret_ref}
     pod = await stack.kube.create(
         kube.POD,
         {
             "metadata": {"name": name},
             "spec": {
                 "nodeName": "node-1",
-                "serviceAccountName": "nginx-spc-sa",
+                "serviceAccountName": account,
                 "containers": [{"name": "nginx", "image": "nginx:alpine"}],
-                "volumes": [
-                    {
-                        "name": "secrets-store-inline",
-                        "csi": {
-                            "driver": "secrets-store.csi.k8s.io",
-                            "readOnly": True,
-                            "volumeAttributes": {"secretProviderClass": spc},
-                        },
-                    }
-                ],
+                "volumes": [{"name": "secrets-store-inline", "csi": csi}],
             },
         },
     )
@@ -241,11 +251,11 @@ async def create_pod(stack: Stack, name: str = "nginx-spc-1", spc: str = "spc-te
         ),
         readonly=True,
         volume_context={
-            "secretProviderClass": spc,
+            **user_attributes,
             "csi.storage.k8s.io/pod.name": name,
             "csi.storage.k8s.io/pod.namespace": "default",
             "csi.storage.k8s.io/pod.uid": uid,
-            "csi.storage.k8s.io/serviceAccount.name": "nginx-spc-sa",
+            "csi.storage.k8s.io/serviceAccount.name": account,
             "csi.storage.k8s.io/ephemeral": "true",
         },
     )

@@ -38,7 +38,6 @@ from tests.integration.test_driver import (
     SECRET_1_V2,
     SK,
     SYNCED,
-    PodVolume,
     Stack,
     api,  # noqa: F401  (fixtures)
     create_pod,
@@ -71,62 +70,6 @@ async def service_account(
             }
         },
     )
-
-
-async def pod_as(
-    stack: Stack,
-    name: str,
-    account: str,
-    attributes: dict[str, str],
-    secret_ref: str | None = None,
-) -> PodVolume:
-    """A pod running as `account` whose CSI volume carries `attributes`; the publish request
-    is what kubelet sends for it (pod info over the user's attributes)."""
-    csi: dict[str, Any] = {
-        "driver": "secrets-store.csi.k8s.io",
-        "readOnly": True,
-        "volumeAttributes": {"secretProviderClass": "spc-test", **attributes},
-    }
-    if secret_ref:
-        csi["nodePublishSecretRef"] = {"name": secret_ref}
-    pod = await stack.kube.create(
-        kube.POD,
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "nodeName": "node-1",
-                "serviceAccountName": account,
-                "containers": [{"name": "nginx", "image": "nginx:alpine"}],
-                "volumes": [{"name": "secrets-store-inline", "csi": csi}],
-            },
-        },
-    )
-    uid = pod["metadata"]["uid"]
-    target = stack.root / "pods" / uid / "volumes" / "kubernetes.io~csi" / "secrets-store-inline"
-    target = target / "mount"
-    target.parent.mkdir(parents=True)
-    context = {
-        "secretProviderClass": "spc-test",
-        **attributes,
-        "csi.storage.k8s.io/pod.name": name,
-        "csi.storage.k8s.io/pod.namespace": "default",
-        "csi.storage.k8s.io/pod.uid": uid,
-        "csi.storage.k8s.io/serviceAccount.name": account,
-        "csi.storage.k8s.io/ephemeral": "true",
-    }
-    request = csi_pb2.NodePublishVolumeRequest(
-        volume_id=f"csi-{uid}",
-        target_path=str(target),
-        volume_capability=csi_pb2.VolumeCapability(
-            mount=csi_pb2.VolumeCapability.MountVolume(),
-            access_mode=csi_pb2.VolumeCapability.AccessMode(
-                mode=csi_pb2.VolumeCapability.AccessMode.SINGLE_NODE_WRITER
-            ),
-        ),
-        readonly=True,
-        volume_context=context,
-    )
-    return PodVolume(name, uid, target, request)
 
 
 async def restart_driver(stack: Stack) -> None:
@@ -164,7 +107,9 @@ async def test_spoofed_pod_info_never_authorises_even_after_a_driver_restart(
     await stack.kube.create(kube.NAMESPACE, {"metadata": {"name": "other"}})
     await service_account(stack, "sa-low", '["secret_1","secret_3"]', namespace="other")
     await stack.kube.create(kube.SECRET_PROVIDER_CLASS, spc_test(PINNED_ALIAS))
-    pod = await pod_as(stack, "spoofer", "sa-low", {spoofed_key: spoofed_value})
+    pod = await create_pod(
+        stack, "spoofer", account="sa-low", attributes={spoofed_key: spoofed_value}
+    )
     await stack.node.NodePublishVolume(pod.request)
     assert visible(pod.target) == {"secret_test": SECRET_1_V1.encode()}
 
@@ -234,7 +179,7 @@ async def test_a_context_without_kubelets_override_is_judged_by_the_pod_object(
     await service_account(stack, "sa-low", '["secret_1"]')
     await service_account(stack, "sa-high", '["secret_1","secret_3"]')
     await stack.kube.create(kube.SECRET_PROVIDER_CLASS, spc_test(PINNED_ALIAS + ADD_SECRET_3))
-    pod = await pod_as(stack, "spoofer", "sa-low", {})
+    pod = await create_pod(stack, "spoofer", account="sa-low")
     pod.request.volume_context["csi.storage.k8s.io/serviceAccount.name"] = "sa-high"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.node.NodePublishVolume(pod.request)
@@ -387,7 +332,7 @@ async def test_rotated_node_publish_secret_is_read_again_at_each_remount(stack: 
     stack.csms.emulator.add_temporary_credentials(second)
     await stack.kube.create(kube.SECRET, credentials_secret("dew-access", first))
     await stack.kube.create(kube.SECRET_PROVIDER_CLASS, spc_test(LATEST_JMES))
-    pod = await pod_as(stack, "with-creds", "nginx-spc-sa", {}, secret_ref="dew-access")
+    pod = await create_pod(stack, "with-creds", secret_ref="dew-access")
     for key, value in (("ak", first.ak), ("sk", first.sk), ("security_token", "TOKEN-1")):
         pod.request.secrets[key] = value
     await stack.node.NodePublishVolume(pod.request)
