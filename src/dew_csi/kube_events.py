@@ -10,19 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from dew_csi.kube import EVENT, AlreadyExists, KubeObject, NotFound
+from dew_csi.lru import BoundedLru
 
 if TYPE_CHECKING:
     from dew_csi.kube import Kube
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
 
 EVENT_CACHE_SIZE: Final = 4096
 """Entries in each of the recorder's LRU caches (client-go's maxLruCacheEntries)."""
@@ -54,29 +52,6 @@ class _SimilarMessages:
 
     messages: set[str]
     last_seen: datetime
-
-
-class _Lru(Generic[_K, _V]):
-    """A dict bounded to `size` entries; the least recently used goes first."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._items: OrderedDict[_K, _V] = OrderedDict()
-
-    def get(self, key: _K) -> _V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: _K, value: _V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class EventRecorder:
@@ -115,8 +90,10 @@ class EventRecorder:
     ) -> None:
         self._kube = kube
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._seen: _Lru[tuple[str, ...], _Observation] = _Lru(cache_size)
-        self._similar: _Lru[tuple[str, ...], _SimilarMessages] = _Lru(cache_size)
+        self._seen: BoundedLru[tuple[str, ...], _Observation] = BoundedLru(max_entries=cache_size)
+        self._similar: BoundedLru[tuple[str, ...], _SimilarMessages] = BoundedLru(
+            max_entries=cache_size
+        )
         self._aggregate_max_events = aggregate_max_events
         self._aggregate_interval = aggregate_interval
         self._locks: dict[tuple[str, ...], tuple[asyncio.Lock, int]] = {}

@@ -1,5 +1,5 @@
-"""The provider's caches: the secret cache, and the byte-bounded LRU it and the parsed
-`parameters.objects` (objects.py) keep their entries in.
+"""The provider's secret cache (its entries, like the parsed `parameters.objects` of objects.py,
+live in a byte-bounded `lru.BoundedLru`).
 
 - A pinned version (`v3`) never changes in CSMS, so once read it is kept in memory, bounded by
   entry count and total bytes (least recently used goes first), and never read again while kept.
@@ -15,59 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from dew_csi.lru import BoundedLru
+
 T = TypeVar("T")
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
 
 LATEST = "latest"
-
-
-class BoundedLru(Generic[K, V]):
-    """Values with their size in bytes, bounded in total bytes (and optionally in entries); the
-    least recently used go first. A value larger than the whole bound is not kept."""
-
-    def __init__(self, *, max_bytes: int, max_entries: int | None = None) -> None:
-        if max_bytes < 1 or (max_entries is not None and max_entries < 1):
-            raise ValueError("cache bounds must be positive")
-        self._max_bytes = max_bytes
-        self._max_entries = max_entries
-        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
-        self._bytes = 0
-        self.evictions = 0
-
-    def get(self, key: K) -> V | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: K, value: V, size: int) -> None:
-        previous = self._entries.pop(key, None)
-        if previous is not None:
-            self._bytes -= previous[1]
-        if size > self._max_bytes:
-            return  # larger than the whole cache: serve it, do not keep it
-        self._entries[key] = (value, size)
-        self._bytes += size
-        while self._bytes > self._max_bytes or (
-            self._max_entries is not None and len(self._entries) > self._max_entries
-        ):
-            _, (_, evicted_size) = self._entries.popitem(last=False)
-            self._bytes -= evicted_size
-            self.evictions += 1
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def bytes(self) -> int:
-        return self._bytes
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from dew_csi import spc
-from dew_csi.provider.cache import BoundedLru
+from dew_csi.lru import BoundedLru
 
 DEFAULT_MAX_BYTES: Final = 16 * 1024 * 1024
 # A key (tuple, digest, name) and its OrderedDict slot, roughly.
