@@ -42,7 +42,6 @@ import binascii
 import dataclasses
 import json
 import logging
-import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -73,6 +72,7 @@ from dew_csi.csms.cli import (
     csms_config_from_args,
     environment_from_args,
 )
+from dew_csi.logs import escape
 from dew_csi.provider import mount
 from dew_csi.volume_context import KUBELET_OWNED, SECRET_PROVIDER_CLASS
 
@@ -84,7 +84,6 @@ _KEYS_LISTED_MAX: Final = 20
 _CSMS_BLOCKING: Final = frozenset(
     {mount.Status.UNAUTHENTICATED, mount.Status.UNAVAILABLE, mount.Status.FAILED_PRECONDITION}
 )
-_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 # --------------------------------------------------------------------------- report
@@ -104,8 +103,9 @@ _MARKS: Final = {
 
 
 def _printable(text: str) -> str:
-    """Names come from the cluster and CSMS: never let one drive the operator's terminal."""
-    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+    """Names come from the cluster and CSMS: never let one drive the operator's terminal (one
+    escaping for logs and this report: control characters, line separators, bidi marks)."""
+    return escape(text)
 
 
 def _can_encode(stream: TextIO, text: str) -> bool:
