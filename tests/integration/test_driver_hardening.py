@@ -33,7 +33,6 @@ from tests.integration.test_driver import (
     LATEST_JMES,
     PINNED_ALIAS,
     PROJECT,
-    ROTATION,
     SECRET_1_V1,
     SECRET_1_V2,
     SK,
@@ -54,6 +53,9 @@ from tests.integration.test_driver import (
 from tests.tcp_proxy import CuttableProxy
 
 SECRET_3 = "secret-three"
+# Deadlines for what a rotation pass (every ROTATION seconds) brings: generous, so a busy
+# machine never fails a test whose behaviour is right.
+PATIENCE = 20.0
 ADD_SECRET_3 = '- {objectName: "secret_3", objectVersion: "v1", objectType: "csms"}\n'
 
 
@@ -127,9 +129,9 @@ async def test_spoofed_pod_info_never_authorises_even_after_a_driver_restart(
         failures = await events_for(stack, pod, "MountRotationFailed")
         return any('"secret_3"' in e["message"] and "sa-low" in e["message"] for e in failures)
 
-    await eventually(refused, timeout=ROTATION * 10)
+    await eventually(refused, timeout=PATIENCE)
     passes = stack.driver.reconciler.passes
-    await eventually(lambda: stack.driver.reconciler.passes >= passes + 2, timeout=ROTATION * 6)
+    await eventually(lambda: stack.driver.reconciler.passes >= passes + 2, timeout=PATIENCE)
     assert "secret_3" not in visible(pod.target)
     objects = (await pod_status(stack, pod))["status"]["objects"]
     assert objects == [{"id": "secret_test", "version": "v1"}]
@@ -258,10 +260,10 @@ async def test_a_failed_status_write_is_retried_by_the_next_pass(
     stack.csms.emulator.set_secret_versions("secret_1", [SECRET_1_V1, SECRET_1_V2])
     # The files rotate (provider and CSMS are reachable); the SPCPS and Secret writes fail.
     await eventually(
-        lambda: visible(pod.target)["dbusername01"] == b"db-user-01-v2", timeout=ROTATION * 6
+        lambda: visible(pod.target)["dbusername01"] == b"db-user-01-v2", timeout=PATIENCE
     )
     passes = stack.driver.reconciler.passes
-    await eventually(lambda: stack.driver.reconciler.passes >= passes + 1, timeout=ROTATION * 20)
+    await eventually(lambda: stack.driver.reconciler.passes >= passes + 1, timeout=PATIENCE)
     assert {o["version"] for o in (await pod_status(stack, pod))["status"]["objects"]} == {"v1"}
     await proxy.restore()
 
@@ -272,7 +274,7 @@ async def test_a_failed_status_write_is_retried_by_the_next_pass(
             "db-user-01-v2"
         )
 
-    await eventually(caught_up, timeout=ROTATION * 20)
+    await eventually(caught_up, timeout=PATIENCE)
 
 
 async def test_each_pass_restores_deleted_or_edited_secrets_and_status(stack: Stack) -> None:
@@ -291,9 +293,9 @@ async def test_each_pass_restores_deleted_or_edited_secrets_and_status(stack: St
     async def restored_data() -> bool:
         return (await secret_data(stack, "my-secret-01"))["db_username_01"] == "db-user-01"
 
-    await eventually(restored_data, timeout=ROTATION * 6)
+    await eventually(restored_data, timeout=PATIENCE)
     await stack.kube.delete(kube.SECRET, "my-secret-01", "default")
-    await eventually(restored_data, timeout=ROTATION * 6)
+    await eventually(restored_data, timeout=PATIENCE)
 
     status["status"] = {**wanted, "mounted": False, "objects": []}
     await stack.kube.replace(kube.SECRET_PROVIDER_CLASS_POD_STATUS, status)
@@ -301,11 +303,11 @@ async def test_each_pass_restores_deleted_or_edited_secrets_and_status(stack: St
     async def restored_status() -> bool:
         return (await pod_status(stack, pod))["status"] == wanted
 
-    await eventually(restored_status, timeout=ROTATION * 6)
+    await eventually(restored_status, timeout=PATIENCE)
     await stack.kube.delete(
         kube.SECRET_PROVIDER_CLASS_POD_STATUS, f"{pod.name}-default-spc-test", "default"
     )
-    await eventually(restored_status, timeout=ROTATION * 6)
+    await eventually(restored_status, timeout=PATIENCE)
     # Restoring needs no CSMS read beyond the rotation's own one `latest` read per pass.
     passes = stack.driver.reconciler.passes
     assert stack.csms_calls - calls <= passes + 1
@@ -348,7 +350,7 @@ async def test_rotated_node_publish_secret_is_read_again_at_each_remount(stack: 
     await stack.kube.replace(kube.SECRET, secret)
     stack.csms.emulator.set_secret_versions("secret_1", [SECRET_1_V1, SECRET_1_V2])
     await eventually(
-        lambda: visible(pod.target)["dbusername01"] == b"db-user-01-v2", timeout=ROTATION * 8
+        lambda: visible(pod.target)["dbusername01"] == b"db-user-01-v2", timeout=PATIENCE
     )
 
     # A deleted credentials Secret fails the rotation with a message naming it; files stay.
@@ -358,7 +360,7 @@ async def test_rotated_node_publish_secret_is_read_again_at_each_remount(stack: 
         failures = await events_for(stack, pod, "MountRotationFailed")
         return any('"dew-access"' in e["message"] for e in failures)
 
-    await eventually(named, timeout=ROTATION * 8)
+    await eventually(named, timeout=PATIENCE)
     assert visible(pod.target)["dbusername01"] == b"db-user-01-v2"
 
 
