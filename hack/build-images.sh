@@ -5,6 +5,7 @@
 #
 #   hack/build-images.sh build   # images into buildah's private store (cached)
 #   hack/build-images.sh push    # into the local registry at $REGISTRY (hack/cluster-up.sh runs it)
+#   hack/build-images.sh push-upgrade local2   # dew-csi:local2 for the upgrade test
 #
 # Images:
 #   docker.io/library/python:3.11-slim  only in the private store: Debian bookworm's python3 by
@@ -106,5 +107,14 @@ case "${1:-build}" in
     push dew-csi-hack/csi-node-driver-registrar:local dew-csi-hack/csi-node-driver-registrar:local
     push dew-csi-hack/csi-livenessprobe:local dew-csi-hack/csi-livenessprobe:local
     ;;
-  *) die "usage: $0 build|push" ;;
+  push-upgrade)
+    # A second dew-csi image for tests/cluster's upgrade test: the same build with one more label
+    # (so a different image id), pushed as dew-csi:TAG.
+    tag="${2:?usage: $0 push-upgrade TAG}"
+    c=$("${BUILDAH[@]}" from --pull=never dew-csi-hack/dew-csi:local)
+    "${BUILDAH[@]}" config --label "io.dew-csi.hack.upgrade=$tag" "$c"
+    "${BUILDAH[@]}" commit --rm -q "$c" "dew-csi-hack/dew-csi:$tag" >/dev/null
+    push "dew-csi-hack/dew-csi:$tag" "dew-csi:$tag"
+    ;;
+  *) die "usage: $0 build|push|push-upgrade TAG" ;;
 esac

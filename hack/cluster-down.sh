@@ -7,10 +7,14 @@ set +e
 [[ $EUID -eq 0 ]] || die "make cluster-down needs root"
 
 # Processes: those recorded in $STATE/pids, then whatever still runs in the node's mount or
-# network namespace (containerd's shims and the containers: all of them started by this cluster).
+# network namespace (containerd's shims, hostNetwork containers) or in the pods' cgroup (every
+# container: a pod with its own network and mount namespaces is in neither of the node's, and
+# outlives its killed shim), all of them started by this cluster.
 ours() {
   local mnt p
   [[ -e "/run/netns/$NETNS" ]] && ip netns pids "$NETNS" 2>/dev/null
+  [[ -d "/sys/fs/cgroup/pids/$CGROUP_ROOT" ]] \
+    && find "/sys/fs/cgroup/pids/$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null
   mountpoint -q "$MNTNS" 2>/dev/null || return 0
   mnt=$(stat -L -c %i "$MNTNS")
   for p in /proc/[0-9]*; do
@@ -52,9 +56,14 @@ fi
 [[ -e "/run/netns/$NETNS" ]] && ip netns del "$NETNS"
 
 # The pods' cgroups (directories in the host's v1 hierarchies; the mounts are untouched).
-for h in /sys/fs/cgroup/*/; do
-  [[ -d "$h$CGROUP_ROOT" ]] || continue
-  find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
+# Killed processes leave their cgroup once reaped: retry for a few seconds.
+for _ in $(seq 10); do
+  for h in /sys/fs/cgroup/*/; do
+    [[ -d "$h$CGROUP_ROOT" ]] || continue
+    find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done
+  compgen -G "/sys/fs/cgroup/*/$CGROUP_ROOT" >/dev/null || break
+  sleep 1
 done
 
 # Host directories cluster-up created as mount points (only those, only when empty).
@@ -63,7 +72,10 @@ if [[ -f "$STATE/created-dirs" ]]; then
 fi
 
 # State: logs stay for reading (.cluster/logs), the rest goes.
-rm -rf "$STATE"/{pids,sock,etcd,containerd,cni,conf,pki,sysctl,pod-logs,created-dirs,kubeconfig,csms.env,csms.json} 2>/dev/null
+rm -rf "$STATE"/{pids,sock,etcd,containerd,cni,conf,pki,sysctl,pod-logs,created-dirs,kubeconfig,csms.env,csms.json,overlay-*} 2>/dev/null
+for h in /sys/fs/cgroup/*/; do
+  [[ -d "$h$CGROUP_ROOT" ]] && { log "warning: $h$CGROUP_ROOT is still there (a process left in it?)"; exit 1; }
+done
 left=$(grep -c "dew-csi" /proc/mounts)
 if (( left > 0 )); then log "warning: mounts still naming dew-csi:"; grep dew-csi /proc/mounts >&2; exit 1; fi
 log "cluster down"

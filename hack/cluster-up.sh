@@ -264,6 +264,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        # No CAP_SYS_RESOURCE here: runc cannot set the kubelet's negative oom_score_adj.
+        BinaryName = "$HACK_DIR/runc-wrapper.sh"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"
@@ -322,6 +324,8 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.availa
 imageGCHighThresholdPercent: 99
 imageGCLowThresholdPercent: 98
 syncFrequency: 10s
+# Lowering an oom_score_adj needs CAP_SYS_RESOURCE, which this machine's root lacks.
+oomScoreAdj: 0
 EOF
   start kubelet node "$KUBE_BIN/kubelet" --config="$CONF/kubelet.yaml" \
     --kubeconfig="$CONF/kubelet.kubeconfig" --root-dir="$KUBELET_ROOT" \
@@ -341,6 +345,7 @@ iptables: {masqueradeAll: true}
 conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
+oomScoreAdj: 0
 EOF
   start kube-proxy node "$KUBE_BIN/kube-proxy" --config="$CONF/kube-proxy.yaml" --v=1
   wait_for "the node to be Ready" 180 kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=5s

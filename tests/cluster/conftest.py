@@ -8,6 +8,7 @@ unreachable cluster is a failure that says to run `make cluster`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 STATE = Path(os.environ.get("DEW_CSI_CLUSTER_DIR", REPO / ".cluster"))
 KUBELET_ROOT = "/mnt/paas/kubernetes/kubelet"
+OVERLAY = REPO / "hack" / "overlays" / "local"
 
 if os.environ.get("DEW_CSI_TEST_CLUSTER") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -109,6 +111,59 @@ class Cluster:
             timeout=60,
             check=False,
         )
+
+    def apply_examples(self, ns: str, *files: str) -> None:
+        """kubectl apply -f examples/FILE, as the guide's steps do."""
+        for f in files:
+            self.kubectl("-n", ns, "apply", "-f", str(EXAMPLES / f))
+
+    def running_pod(self, ns: str, app: str, timeout: float = 180) -> str:
+        """The name of a Running, not terminating pod with label app=APP."""
+
+        def pod() -> str | None:
+            for p in self.json("-n", ns, "get", "pods", "-l", f"app={app}")["items"]:
+                if p["status"].get("phase") == "Running" and not p["metadata"].get(
+                    "deletionTimestamp"
+                ):
+                    return str(p["metadata"]["name"])
+            return None
+
+        return str(self.wait(f"a Running pod of {app} in {ns}", pod, timeout=timeout))
+
+    def read(self, ns: str, pod: str, path: str) -> str:
+        """PATH's content as the workload container sees it (kubectl exec cat)."""
+        return self.kubectl("-n", ns, "exec", pod, "--", "cat", path).stdout
+
+    def rollout(self) -> None:
+        """Waits for deploy/'s three workloads to be rolled out."""
+        for kind in ("daemonset/csi-secrets-store", "daemonset/dew-provider"):
+            self.kubectl(
+                "-n", "kube-system", "rollout", "status", kind, "--timeout=300s", timeout=320
+            )
+        self.kubectl(
+            "-n",
+            "kube-system",
+            "rollout",
+            "status",
+            "deployment/dew-csi-webhook",
+            "--timeout=300s",
+            timeout=320,
+        )
+
+    def install(self, overlay: Path = OVERLAY) -> None:
+        """kubectl apply -k OVERLAY, the webhook's CA as hack/cluster-up.sh sets it, rolled out."""
+        self.kubectl("apply", "-k", str(overlay), timeout=300)
+        ca = base64.b64encode((STATE / "pki" / "webhook" / "ca.crt").read_bytes()).decode()
+        patch = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca}]
+        self.kubectl(
+            "patch",
+            "validatingwebhookconfiguration",
+            "dew-csi-webhook",
+            "--type=json",
+            "-p",
+            json.dumps(patch),
+        )
+        self.rollout()
 
     def wait(
         self, what: str, predicate: Callable[[], Any], timeout: float = 180, every: float = 1

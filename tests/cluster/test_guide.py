@@ -115,9 +115,12 @@ def test_refused_secret_shows_failedmount(cluster: Cluster, namespace: str) -> N
     """A secret the ServiceAccount may not use: kubelet's own FailedMount carries our message."""
     ns = namespace
     cluster.csms_put("secret_3", "not-allowed")
-    _apply(cluster, ns, "serviceaccount.yaml", "deployment.yaml")
+    # The guide's order (ServiceAccount, SPC, Deployment): a pod started before its SPC exists
+    # first gets a FailedMount saying the SPC is not found.
+    _apply(cluster, ns, "serviceaccount.yaml")
     spc = (EXAMPLES / "secretproviderclass.yaml").read_text().replace('"secret_1"', '"secret_3"')
     cluster.kubectl("-n", ns, "apply", "-f", "-", input=spc)
+    _apply(cluster, ns, "deployment.yaml")
 
     def failed_mount() -> str | None:
         events = cluster.json("-n", ns, "get", "events", "--field-selector", "reason=FailedMount")
