@@ -414,6 +414,7 @@ def test_csi_sanity_with_upstream_settings(csi_sanity: Path, node: Node, tmp_pat
         cwd=tmp_path,
     )
     output = done.stdout + done.stderr
+    assert report.exists(), f"csi-sanity wrote no report (exit {done.returncode}):\n{output}"
     specs = specs_in(report)
     by_state: dict[str, list[Spec]] = {}
     for spec in specs:
