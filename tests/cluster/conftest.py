@@ -27,6 +27,8 @@ EXAMPLES = REPO / "examples"
 STATE = Path(os.environ.get("DEW_CSI_CLUSTER_DIR", REPO / ".cluster"))
 KUBELET_ROOT = "/mnt/paas/kubernetes/kubelet"
 OVERLAY = REPO / "hack" / "overlays" / "local"
+# The provider shares one CSMS read of a `latest` object this long (dew-csi provider --latest-ttl).
+LATEST_TTL = 5.0
 
 if os.environ.get("DEW_CSI_TEST_CLUSTER") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -75,8 +77,11 @@ class Cluster:
     def json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
 
-    def csms_put(self, name: str, value: str) -> str:
-        """Stores a new version of secret NAME in the CSMS emulator; returns its version id."""
+    def csms_put(self, name: str, value: str, *, settle: bool = False) -> str:
+        """Stores a new version of secret NAME in the CSMS emulator; returns its version id.
+
+        settle: then waits out the provider's `latest` sharing (--latest-ttl, 5s): a mount within
+        5s of another mount's read of NAME at `latest` gets that read, not this new version."""
         proc = subprocess.run(
             [
                 str(REPO / ".venv" / "bin" / "dew-csi"),
@@ -94,6 +99,8 @@ class Cluster:
             check=False,
         )
         assert proc.returncode == 0, proc.stderr
+        if settle:
+            time.sleep(LATEST_TTL + 1)
         return proc.stdout.strip()
 
     def in_node(self, *cmd: str) -> subprocess.CompletedProcess[str]:

@@ -13,12 +13,11 @@ import uuid
 
 import pytest
 
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import EXAMPLES, LATEST_TTL, Cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
 INTERVAL = 60.0  # hack/overlays/local's rotation_poll_interval
-LATEST_TTL = 5.0  # the provider shares one CSMS read of a `latest` object this long
 
 
 def _driver_log(cluster: Cluster, since: str) -> str:
@@ -52,7 +51,7 @@ def test_scheduled_rotation_of_latest(cluster: Cluster, namespace: str) -> None:
     within the interval (+ the provider's short `latest` cache), by the rotation pass."""
     ns = namespace
     first = _value()
-    cluster.csms_put("secret_1", first)
+    cluster.csms_put("secret_1", first, settle=True)
     cluster.apply_examples(ns, "serviceaccount.yaml", "secretproviderclass-rotation.yaml")
     cluster.apply_examples(ns, "deployment.yaml")
     pod = cluster.running_pod(ns, "nginx")
@@ -128,22 +127,31 @@ def test_spc_change_in_real_time(cluster: Cluster, namespace: str) -> None:
 
 
 def test_refresh_annotation_remounts(cluster: Cluster, namespace: str) -> None:
-    """README: a new value of dew-csi.io/refresh on the SPC remounts its volumes on demand."""
+    """README: a new value of dew-csi.io/refresh on the SPC remounts its volumes on demand.
+
+    A secret no other test mounts at `latest` (the ServiceAccount allows it): another volume's
+    read of the same `latest` within the provider's sharing time would hand the remount the old
+    version."""
     ns = namespace
-    cluster.csms_put("secret_1", _value())
-    cluster.apply_examples(ns, "serviceaccount.yaml", "secretproviderclass-rotation.yaml")
+    name = "secret_refresh"
+    cluster.csms_put(name, _value())
+    sa = (EXAMPLES / "serviceaccount.yaml").read_text().replace('\\"secret_2\\"', f'\\"{name}\\"')
+    assert name in sa, sa
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=sa)
+    spc = (EXAMPLES / "secretproviderclass-rotation.yaml").read_text().replace("secret_1", name)
+    cluster.kubectl("-n", ns, "apply", "-f", "-", input=spc)
     cluster.apply_examples(ns, "deployment.yaml")
     pod = cluster.running_pod(ns, "nginx")
     time.sleep(LATEST_TTL + 1)  # the mount's own `latest` read is no longer shared
     fresh = _value()
-    cluster.csms_put("secret_1", fresh)
+    cluster.csms_put(name, fresh)
     t0 = time.monotonic()
     cluster.kubectl(
         "-n", ns, "annotate", "spc", "spc-test", f"dew-csi.io/refresh={time.time()}", "--overwrite"
     )
     cluster.wait(
-        "the refreshed secret_1 in the pod",
-        lambda: cluster.read(ns, pod, "/mnt/secrets-store/secret_1") == fresh,
+        "the refreshed secret in the pod",
+        lambda: cluster.read(ns, pod, f"/mnt/secrets-store/{name}") == fresh,
         timeout=3 * INTERVAL,
         every=1,
     )

@@ -65,7 +65,7 @@ def test_upgrade_keeps_mounts_and_rotation(cluster: Cluster, namespace: str) -> 
     finds them again (SPCPS) and keeps rotating them."""
     ns = namespace
     first = _value()
-    cluster.csms_put("secret_1", first)
+    cluster.csms_put("secret_1", first, settle=True)
     cluster.apply_examples(ns, "serviceaccount.yaml", "secretproviderclass-rotation.yaml")
     cluster.apply_examples(ns, "deployment.yaml")
     pod = cluster.running_pod(ns, "nginx")
