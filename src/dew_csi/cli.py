@@ -250,7 +250,9 @@ def _add_provider(subparsers: argparse._SubParsersAction[argparse.ArgumentParser
     provider.add_argument(
         "--latest-ttl",
         default="5s",
-        help="how long a `latest` read is shared by concurrent mounts (default 5s)",
+        help="how long a `latest` read answers other mounts of the same secret, concurrent or "
+        "later (a pod mounted within it may get a version up to this old); 0s reads CSMS for "
+        "every mount (default 5s)",
     )
     provider.add_argument("--metrics-addr", help="serve Prometheus metrics on HOST:PORT")
     provider.add_argument("--log-format", choices=["text", "json"], default="text")
