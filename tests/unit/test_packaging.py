@@ -138,7 +138,10 @@ def test_a_first_make_says_what_it_is_doing_and_lets_pip_speak(tmp_path: Path) -
         [make, "-q", f"PYTHON={fake}", ".venv/.installed-stamp"], cwd=work, check=False
     )
     assert again.returncode == 0
-    os.utime(work / "src" / "dew_csi" / "__init__.py")
+    # Newer than the stamp by a clear margin: "now" can equal the stamp's mtime at the
+    # kernel's timestamp granularity, and make then sees nothing to do.
+    stamp_time = (work / ".venv" / ".installed-stamp").stat().st_mtime
+    os.utime(work / "src" / "dew_csi" / "__init__.py", (stamp_time + 10, stamp_time + 10))
     stale = subprocess.run(
         [make, "-q", f"PYTHON={fake}", ".venv/.installed-stamp"], cwd=work, check=False
     )
