@@ -49,6 +49,7 @@ from harness import percentile, rss_mib, spawn, start_emulators
 
 from dew_csi import spc
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
+from dew_csi.sandbox.cluster import self_signed_certificate
 
 PROJECT, AK, SK = "bench-project", "BENCHAK", "BENCHSK"
 GUIDE_OBJECTS = (
@@ -248,30 +249,7 @@ async def measure_provider(
 
 def make_certificate(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "webhook.crt", directory / "webhook.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(cert, key)
     return cert, key
 
 

@@ -36,6 +36,7 @@ from dew_csi import spc as spc_module
 from dew_csi.logs import KlogFormatter
 from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
 from dew_csi.sandbox.apistore import WriteOptions
+from dew_csi.sandbox.cluster import self_signed_certificate
 from dew_csi.spc import SpcValidationError, validate_spc
 from dew_csi.webhook import (
     Validator,
@@ -80,30 +81,7 @@ def make_certificate(directory: Path, name: str) -> Tls:
     """A self-signed certificate for 127.0.0.1, made by the real openssl."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(cert, key)
     return Tls(cert, key)
 
 
