@@ -3,6 +3,7 @@ they print (percentiles, a process's RSS)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -61,6 +62,30 @@ def start_emulators(
         r"(http://\S+)",
     )
     return api, api_url, csms, csms_url
+
+
+def start_provider(
+    directory: str, csms_url: str, project: str, ak: str, sk: str
+) -> tuple[subprocess.Popen[str], str]:
+    """`dew-csi provider` with its socket in DIRECTORY/providers, the API emulator's kubeconfig
+    from `start_emulators`, and credentials from the environment; (process, socket path)."""
+    return spawn(
+        [
+            "provider",
+            "--socket-dir",
+            f"{directory}/providers",
+            "--csms-endpoint",
+            csms_url,
+            "--project-id",
+            project,
+            "--kubeconfig",
+            f"{directory}/kubeconfig",
+            "--metadata-url",
+            "none",
+        ],
+        r"listening on (\S+)",
+        env={"HUAWEICLOUD_SDK_AK": ak, "HUAWEICLOUD_SDK_SK": sk, "PATH": os.environ["PATH"]},
+    )
 
 
 def percentile(samples: list[float], fraction: float) -> float:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import ssl
 import statistics
@@ -45,7 +44,7 @@ from typing import Any
 import grpc
 import httpx
 import yaml
-from harness import percentile, rss_mib, spawn, start_emulators
+from harness import percentile, rss_mib, spawn, start_emulators, start_provider
 
 from dew_csi import spc
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
@@ -330,24 +329,7 @@ def main() -> None:
             httpx.put(
                 f"{csms_url}/_emulator/secrets/secret_1", json={"versions": ["value-1"]}
             ).raise_for_status()
-            env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK, "PATH": os.environ["PATH"]}
-            provider, socket = spawn(
-                [
-                    "provider",
-                    "--socket-dir",
-                    f"{tmp}/providers",
-                    "--csms-endpoint",
-                    csms_url,
-                    "--project-id",
-                    PROJECT,
-                    "--kubeconfig",
-                    f"{tmp}/kubeconfig",
-                    "--metadata-url",
-                    "none",
-                ],
-                r"listening on (\S+)",
-                env=env,
-            )
+            provider, socket = start_provider(tmp, csms_url, PROJECT, AK, SK)
             processes.append(provider)
             time.sleep(0.5)  # the provider's ServiceAccount cache catches up
             p = asyncio.run(

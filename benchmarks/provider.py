@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-from harness import percentile, rss_mib, spawn, start_emulators
+from harness import percentile, rss_mib, start_emulators, start_provider
 
 from dew_csi._proto.provider.v1alpha1 import service_pb2, service_pb2_grpc
 from dew_csi.csms import Credentials, CsmsClient, CsmsClientConfig
@@ -117,24 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         api, api_url, csms, csms_url = start_emulators(tmp, PROJECT, AK, SK)
-        env = {"HUAWEICLOUD_SDK_AK": AK, "HUAWEICLOUD_SDK_SK": SK, "PATH": "/usr/bin:/bin"}
-        provider, socket = spawn(
-            [
-                "provider",
-                "--socket-dir",
-                f"{tmp}/providers",
-                "--csms-endpoint",
-                csms_url,
-                "--project-id",
-                PROJECT,
-                "--kubeconfig",
-                f"{tmp}/kubeconfig",
-                "--metadata-url",
-                "none",
-            ],
-            r"listening on (\S+)",
-            env=env,
-        )
+        provider, socket = start_provider(tmp, csms_url, PROJECT, AK, SK)
         try:
             r = asyncio.run(measure(Path(socket), csms_url, api_url, args.samples))
             memory = rss_mib(provider.pid)
