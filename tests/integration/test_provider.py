@@ -28,6 +28,7 @@ from dew_csi.csms.emulator import CsmsEmulatorThread, FaultRule
 from dew_csi.logs import KlogFormatter
 from dew_csi.provider.app import Provider, ProviderConfig
 from dew_csi.sandbox.apiserver import ApiServerThread, write_kubeconfig
+from tests.hostile_objects import alias_bomb, huge_objects
 
 PROJECT, AK, SK = "project-1", "AK-PROVIDER-TEST", "SK-PROVIDER-TEST-SECRET"
 SECRET_1_V1 = '{"key1":"db-user-01","key2":"db-user-02"}'
@@ -751,24 +752,9 @@ class _NoYamlLoading:
         raise AssertionError("parameters.objects was loaded")
 
 
-def _huge_objects() -> str:
-    """The issue's SecretProviderClass: 15000 objects, about 1 MiB, the last one invalid."""
-    valid = "".join(
-        f"- objectName: secret_{i:05d}\n  objectType: csms\n  objectVersion: latest\n"
-        for i in range(14_999)
-    )
-    return valid + "- objectName: secret_last\n  objectType: csms\n  objectVersion: one\n"
-
-
-def _alias_bomb(levels: int = 12) -> str:
-    lines = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    lines += [f"- &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.mark.parametrize(
     ("objects", "named"),
-    [(_huge_objects(), "larger than the limit of 256 KiB"), (_alias_bomb(), "aliases")],
+    [(huge_objects(), "larger than the limit of 256 KiB"), (alias_bomb(), "aliases")],
     ids=["one-mebibyte", "alias-bomb"],
 )
 async def test_a_hostile_objects_text_is_refused_without_loading_it(
@@ -802,7 +788,7 @@ async def test_invalid_objects_are_parsed_once_for_every_retry(cluster: Cluster)
 async def test_an_unrelated_mount_stays_fast_while_hostile_classes_are_mounted(
     cluster: Cluster,
 ) -> None:
-    hostile = [_huge_objects(), _alias_bomb()]
+    hostile = [huge_objects(), alias_bomb()]
     # Within the bounds but as heavy as they allow: parsed in the worker thread, once each.
     hostile += [
         "".join(

@@ -47,6 +47,7 @@ from dew_csi.webhook import (
     load_tls,
 )
 from tests.conftest import EXAMPLES, crd_documents
+from tests.hostile_objects import alias_bomb, huge_objects
 
 GROUP = "secrets-store.csi.x-k8s.io"
 SPC_KIND = {"group": GROUP, "version": "v1", "kind": "SecretProviderClass"}
@@ -1282,21 +1283,6 @@ async def test_service_references_cannot_be_reached_from_the_sandbox(
 # ============================================================================= hostile input
 
 
-def _huge_objects() -> str:
-    """The issue's SecretProviderClass: 15000 objects, about 1 MiB, the last one invalid."""
-    valid = "".join(
-        f"- objectName: secret_{i:05d}\n  objectType: csms\n  objectVersion: latest\n"
-        for i in range(14_999)
-    )
-    return valid + "- objectName: secret_last\n  objectType: csms\n  objectVersion: one\n"
-
-
-def _alias_bomb(levels: int = 12) -> str:
-    lines = ["- &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
-    lines += [f"- &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
-    return "\n".join(lines) + "\n"
-
-
 class _NoYamlLoading:
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise AssertionError("parameters.objects was loaded")
@@ -1305,8 +1291,8 @@ class _NoYamlLoading:
 @pytest.mark.parametrize(
     ("objects", "rule", "named"),
     [
-        (_huge_objects(), "objects-too-large", "larger than the limit of 256 KiB"),
-        (_alias_bomb(), "objects-too-complex", "once its aliases are expanded"),
+        (huge_objects(), "objects-too-large", "larger than the limit of 256 KiB"),
+        (alias_bomb(), "objects-too-complex", "once its aliases are expanded"),
     ],
     ids=["one-mebibyte", "alias-bomb"],
 )
@@ -1340,8 +1326,8 @@ async def test_healthz_and_other_reviews_are_answered_while_hostile_ones_are_che
         f"- {{objectName: s{i}, objectType: csms, objectVersion: v1}}\n" for i in range(500)
     )
     hostile = [
-        spc("huge", _huge_objects()),
-        spc("bomb", _alias_bomb()),
+        spc("huge", huge_objects()),
+        spc("bomb", alias_bomb()),
         spc("heavy", heavy + "- {objectName: s0, objectType: csms, objectVersion: v1}\n"),
     ]
     stop = asyncio.Event()
@@ -1374,7 +1360,7 @@ async def test_the_emulator_refuses_a_hostile_secretproviderclass_within_the_tim
         api,
         configuration(f"{webhook.url}/validate", tls.ca_bundle, failure_policy="Ignore"),
     )
-    response = await api.post(spcs_path(), json=spc("hostile", _huge_objects()))
+    response = await api.post(spcs_path(), json=spc("hostile", huge_objects()))
     message = refusal(response, 400, "")
     assert message.startswith(
         f'admission webhook "{HOOK}" denied the request: SecretProviderClass "hostile": '
