@@ -152,8 +152,10 @@ def test_kubectl_logs_of_the_secrets_store_container(cluster: Cluster) -> None:
 def test_tail_since_and_timestamps(cluster: Cluster) -> None:
     driver = cluster.pods()["csi-secrets-store"]
     logs = ("logs", driver, "-c", "secrets-store", "-n", "kube-system")
-    whole = cluster.kubectl.run(*logs).stdout.splitlines()
+    # The driver keeps logging (a rotation pass every few seconds): read the part first and the
+    # whole after it, so the whole holds every line the part showed.
     last = cluster.kubectl.run(*logs, "--tail=1").stdout.splitlines()
+    whole = cluster.kubectl.run(*logs).stdout.splitlines()
     assert len(last) == 1
     assert last[0] in whole
 
@@ -167,9 +169,9 @@ def test_tail_since_and_timestamps(cluster: Cluster) -> None:
 
     # --since: the start-up lines are older than the last two seconds.
     time.sleep(max(0.0, cluster.started + 3 - time.monotonic()))
+    recent = cluster.kubectl.run(*logs, "--since=2s").stdout
     everything = cluster.kubectl.run(*logs, "--since=1h").stdout
     assert "Initializing Secrets Store CSI Driver" in everything
-    recent = cluster.kubectl.run(*logs, "--since=2s").stdout
     assert "Initializing Secrets Store CSI Driver" not in recent
     assert set(recent.splitlines()) <= set(everything.splitlines())
     limited = cluster.kubectl.run(*logs, "--limit-bytes=12").stdout
